@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from dllm_cli.config import RECIPES, SamplerConfig, recipe, resolve_model, user_settings
+from dllm_cli.errors import DllmError, UsageError
+
+
+def test_defaults_are_fast_mode():
+    cfg = SamplerConfig()
+    assert cfg.parallel == "threshold" and cfg.threshold == 0.9
+    assert cfg.block == 32 and cfg.cache == "dual" and cfg.early_stop
+
+
+def test_reference_is_official_loop():
+    cfg = SamplerConfig.reference(gen_length=64, block_length=32)
+    assert cfg.total_steps == 64 and cfg.parallel is None and cfg.cache == "none"
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(gen_length=100, block_length=32), "multiple of --block-length"),
+    (dict(gen_length=64, block_length=32, steps=63, threshold=None), "multiple of the number of blocks"),
+    (dict(alg="greedy"), "unknown --alg"),
+    (dict(threshold=1.5), "--threshold"),
+    (dict(threshold=0.9, factor=1.0), "not both"),
+    (dict(cache="full"), "unknown cache mode"),
+    (dict(temperature=-1), "--temperature"),
+])
+def test_bad_values_raise_usage_error(kwargs, words):
+    with pytest.raises(UsageError, match=words) as info:
+        SamplerConfig(**kwargs)
+    assert info.value.exit_code == 2 and isinstance(info.value, DllmError)
+
+
+def test_recipes_by_name():
+    assert recipe("LLaDA-8B-Instruct").sampler.confidence_eos_eot_inf
+    assert recipe("dream-v0-instruct-7b").sampler.alg == "entropy"
+    assert "research" in recipe("diffucoder-7b-instruct").note
+    with pytest.raises(UsageError, match="unknown recipe"):
+        recipe("gpt-4")
+    assert all(r.sampler.gen_length > 0 for r in RECIPES.values())
+
+
+def test_model_choice_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLLM_HOME", str(tmp_path))
+    monkeypatch.delenv("DLLM_MODEL", raising=False)
+    assert resolve_model(None) == "default"
+    (tmp_path / "config.json").write_text(json.dumps({"model": "/from/config"}))
+    assert resolve_model(None) == "/from/config"
+    monkeypatch.setenv("DLLM_MODEL", "/from/env")
+    assert resolve_model(None) == "/from/env"
+    assert resolve_model("/from/flag") == "/from/flag"
+
+
+def test_broken_user_config_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLLM_HOME", str(tmp_path))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="config.json"):
+        user_settings()
