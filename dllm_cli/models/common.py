@@ -1,0 +1,255 @@
+"""Blocks shared by both layouts: RMSNorm, RoPE, bidirectional attention, SwiGLU, the block
+KV cache, and the `DiffusionModel` base class whose `logits` every sampler calls.
+
+Knows: the maths of a LLaMA-like block with fully bidirectional attention (the only mask is
+padding), the alignment rule (returned logits index i score token i; shifted layouts are
+realigned here), and the windowed forward over a KV cache. Must not: read files, sample,
+or know tensor names (each layout module names its own parameters).
+
+The forward is the hot path: no host syncs, no Python loops over tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# enable_gqa (torch >= 2.5) lets SDPA share KV heads without copying them.
+_SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 5)
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The shape of a model, read from its config.json (names are HF's, whatever the layout)."""
+
+    layout: str  # "dream" | "llada"
+    family: str  # "dream" | "dream-coder" | "diffucoder" | "dreamon" | "open-dcoder" | "llada" | ...
+    vocab_size: int  # rows of the embedding / head (= logits width)
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float
+    rms_norm_eps: float
+    shifted: bool  # trained to predict the next position (realigned by the model)
+    tied: bool  # head shares the embedding matrix
+    qkv_bias: bool
+    n_params: int = 0
+
+    def param_count(self) -> int:
+        """Parameters implied by the shape (what n_params will be once built)."""
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        attn = 2 * h * h + 2 * kv * h + (h + 2 * kv if self.qkv_bias else 0)
+        layer = attn + 3 * h * self.intermediate_size + 2 * h
+        head = 0 if self.tied else self.vocab_size * h
+        return self.vocab_size * h + self.num_layers * layer + h + head
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) in fp32, cast back to the input dtype, then times the weight (as HF Llama)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, device=None) -> torch.Tensor:
+    """inv_freq_i = theta^(-2i/d), fp32, (head_dim/2,)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    return 1.0 / (theta ** exponent)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor):
+    """positions (B, T) or (T,) -> cos, sin (B or 1, 1, T, head_dim) in fp32 (rotate-half layout)."""
+    freqs = positions.float().unsqueeze(-1) * inv_freq  # (.., T, d/2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    if emb.dim() == 2:
+        emb = emb.unsqueeze(0)
+    emb = emb.unsqueeze(1)  # (B, 1, T, d): broadcast over heads
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, d) rotated in fp32, returned in x's dtype."""
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat((-x32[..., half:], x32[..., :half]), dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Per-layer keys/values (B, KV, T, d) of the whole canvas, for block-wise decoding.
+
+    A full pass with a cache (re)writes every position; a windowed pass overwrites the
+    window's positions and reads the rest. It is an approximate cache (Fast-dLLM): what is
+    cached elsewhere is whatever was written last.
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+
+    def __bool__(self) -> bool:  # an empty cache is still a cache (`cache or new_cache()`)
+        return True
+
+    @property
+    def length(self) -> int:
+        """Canvas length the cache holds (0 when empty)."""
+        k = self.keys[0]
+        return 0 if k is None else k.shape[2]
+
+    def clear(self) -> None:
+        self.keys = [None] * len(self.keys)
+        self.values = [None] * len(self.values)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, full: bool):
+        """Write k, v (B, KV, t, d) at positions start.. ; return the layer's full K, V."""
+        if full:
+            self.keys[layer], self.values[layer] = k.contiguous(), v.contiguous()
+        else:
+            end = start + k.shape[2]
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+        return self.keys[layer], self.values[layer]
+
+
+@dataclass
+class ForwardContext:
+    """What every layer of one forward needs: rotary tables, key mask, cache and window."""
+
+    cos: torch.Tensor  # (B|1, 1, t, d) fp32
+    sin: torch.Tensor
+    key_mask: torch.Tensor | None  # (B, 1, 1, T) bool, True = attend; None = attend to all
+    cache: KVCache | None
+    start: int  # first query position in the canvas
+    full: bool  # queries cover the whole canvas
+
+
+def attention(h: torch.Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
+              o_proj: nn.Linear, spec: ModelSpec, ctx: ForwardContext, layer: int) -> torch.Tensor:
+    """Bidirectional multi-head (or grouped-query) attention of h (B, t, hidden)."""
+    B, t, _ = h.shape
+    H, KV, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    q = q_proj(h).view(B, t, H, d).transpose(1, 2)  # (B, H, t, d)
+    k = k_proj(h).view(B, t, KV, d).transpose(1, 2)  # (B, KV, t, d)
+    v = v_proj(h).view(B, t, KV, d).transpose(1, 2)
+    q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(layer, k, v, ctx.start, ctx.full)
+    gqa = KV != H and ctx.key_mask is None and _SDPA_GQA
+    if KV != H and not gqa:  # explicit repeat: masked fused kernels (and old torch) want H heads
+        k = k.repeat_interleave(H // KV, dim=1)
+        v = v.repeat_interleave(H // KV, dim=1)
+    kwargs = {"enable_gqa": True} if gqa else {}
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.key_mask, is_causal=False, **kwargs)
+    return o_proj(out.transpose(1, 2).reshape(B, t, H * d))
+
+
+def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x))."""
+    return down(F.silu(gate(x)) * up(x))
+
+
+class DiffusionModel(nn.Module):
+    """A masked-diffusion LM: `logits(ids)` returns aligned logits (index i scores token i).
+
+    Subclasses build the parameters under their checkpoint's names and implement
+    `embed(ids)`, `blocks` (an iterable of modules called as block(x, ctx, layer)),
+    `final_norm(x)` and `head(x)`. Attributes filled by the loader: tokenizer,
+    mask_token_id, eos_token_id, stop_token_ids, source (the folder or None).
+    """
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.tokenizer = None
+        self.mask_token_id: int = -1
+        self.eos_token_id: int = -1
+        self.pad_token_id: int | None = None
+        self.stop_token_ids: frozenset[int] = frozenset()
+        self.source = None
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}  # not a buffer: .to(dtype) must not cast it
+
+    # ---- for subclasses -----------------------------------------------------------------
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layers(self):
+        raise NotImplementedError
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def positions(self, ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Rotary positions of the canvas: (T,) or (B, T). Default 0..T-1 (LLaDA)."""
+        return torch.arange(ids.shape[1], device=ids.device)
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """The fp32 rotary frequencies on `device` (computed once per device)."""
+        if device not in self._inv_freq:
+            self._inv_freq[device] = rope_inv_freq(self.spec.head_dim, self.spec.rope_theta, device=device)
+        return self._inv_freq[device]
+
+    # ---- public ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_weight().device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_weight().dtype
+
+    def embed_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def new_cache(self) -> KVCache:
+        """An empty block KV cache for this model (filled by logits(ids, cache=c))."""
+        return KVCache(self.spec.num_layers)
+
+    @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
+    def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               cache: KVCache | None = None, window: tuple[int, int] | None = None) -> torch.Tensor:
+        """ids (B, T) -> aligned logits (B, T, V), or (B, e-s, V) for window=(s, e).
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (keys only; bidirectional).
+        cache: a full pass writes every K/V into it; with window=(s, e) only positions
+        s..e-1 are queried, their fresh K/V overwrite the cache's, and keys elsewhere come
+        from the cache (which must hold this canvas length).
+        """
+        T = ids.shape[1]
+        s, e = (0, T) if window is None else window
+        if window is not None:
+            if cache is None or cache.length != T:
+                raise ValueError(f"window=({s}, {e}) needs a cache filled by a full pass over {T} positions")
+            if not 0 <= s < e <= T:
+                raise ValueError(f"window=({s}, {e}) is outside the canvas of {T} positions")
+        qs = s - 1 if self.spec.shifted and s > 0 else s  # shifted: position s-1 scores token s
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        pos = self.positions(ids, attention_mask)[..., qs:e]
+        cos, sin = rope_cos_sin(pos, self.inv_freq(ids.device))
+        ctx = ForwardContext(cos, sin, key_mask, cache, qs, full=window is None)
+        x = self.embed(ids[:, qs:e])
+        for i, block in enumerate(self.layers()):
+            x = block(x, self.spec, ctx, i)
+        x = self.final_norm(x)
+        if self.spec.shifted:  # (B, t, h): the hidden state of position i-1 scores token i
+            x = x[:, :-1] if qs < s else torch.cat((x[:, :1], x[:, :-1]), dim=1)
+        return self.head(x)
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(ids, attention_mask)

@@ -1,0 +1,319 @@
+"""Tiny random checkpoints in the published layouts, written to a folder for tests.
+
+`make_dream_checkpoint(dir)` writes a Qwen2-named (Dream family) checkpoint and
+`make_llada_checkpoint(dir)` an OLMo-named (LLaDA) one: config.json with the keys the
+published configs use, random safetensors under the published tensor names (one file or
+sharded with model.safetensors.index.json), and a small byte-level BPE tokenizer with the
+family's special tokens, tokenizer_config.json and a chat template. Sizes are tiny
+(hidden 64, 2 layers, 4 heads) so every test runs in milliseconds. The global torch RNG is
+never touched: weights come from a local generator seeded with `seed`.
+
+The Dream folder also holds `tokenization_dream.py` / `configuration_dream.py` named by
+`auto_map`; importing them writes the file AUTO_MAP_RAN into the folder, so a test can
+prove the loader never runs checkpoint-supplied code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+HIDDEN, LAYERS, HEADS, INTERMEDIATE = 64, 2, 4, 128
+AUTO_MAP_MARKER = "AUTO_MAP_RAN"
+
+DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
+LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
+                  "<|end_header_id|>", "<|eot_id|>")
+
+# Qwen2's pre-tokenizer split pattern (also in its tokenizer.json).
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLADA_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}"
+)
+
+_CORPUS = """def mean(numbers):
+    return sum(numbers) / len(numbers)
+
+class Stack:
+    def __init__(self):
+        self.items = []
+    def push(self, value):
+        self.items.append(value)
+import os
+for i in range(10):
+    if i % 2 == 0:
+        print("the value is", i)
+    else:
+        print('odd')
+You are a helpful assistant. Write a function that returns the mean of a list.
+"""
+
+
+# ---- tokenizer ---------------------------------------------------------------------------
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (byte-level BPE alphabet)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(keep, chars)}
+
+
+def _bpe_vocab(num_merges: int = 60) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A deterministic byte-level BPE learnt from _CORPUS: 256 byte symbols + merges."""
+    table = bytes_to_unicode()
+    vocab = {table[b]: b for b in range(256)}
+    words = Counter("".join(table[b] for b in w.encode()) for w in re.findall(r" ?\w+| ?[^\w\s]+|\s+", _CORPUS))
+    seqs = {w: list(w) for w in words}
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, n in words.items():
+            s = seqs[w]
+            for a, b in zip(s, s[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            break
+        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]  # ties: lexicographic
+        merges.append(best)
+        vocab[best[0] + best[1]] = len(vocab)
+        for w in seqs:
+            s, out, i = seqs[w], [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = out
+    return vocab, merges
+
+
+def _fast_tokenizer(vocab: dict[str, int], merges, specials):
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    tok = Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges), fuse_unk=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
+    return tok
+
+
+def write_tokenizer(folder: Path, specials, *, fmt: str, config_extra: dict,
+                    chat_template: str | None, template_in: str) -> dict[str, int]:
+    """Write the tokenizer files; returns {special token: id}."""
+    vocab, merges = _bpe_vocab()
+    ids = {s: len(vocab) + i for i, s in enumerate(specials)}
+    if fmt == "tokenizer.json":
+        _fast_tokenizer(vocab, merges, specials).save(str(folder / "tokenizer.json"))
+    elif fmt == "vocab-merges":
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
+        (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (folder / "added_tokens.json").write_text(json.dumps(ids), encoding="utf-8")
+    else:
+        raise ValueError(f"unknown tokenizer_format {fmt!r}")
+    cfg = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": {str(i): {"content": s, "lstrip": False, "normalized": False,
+                                          "rstrip": False, "single_word": False, "special": True}
+                                 for s, i in ids.items()},
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 4096,
+        **config_extra,
+    }
+    if chat_template is not None and template_in == "config":
+        cfg["chat_template"] = chat_template
+    elif chat_template is not None and template_in == "file":
+        (folder / "chat_template.jinja").write_text(chat_template, encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return ids
+
+
+def _round_up(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+# ---- weights ------------------------------------------------------------------------------
+
+def _random(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """Well-scaled random tensors: norms ~1, linears ~1/sqrt(fan_in), embeddings ~1."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape in shapes.items():
+        if "norm" in name or name.endswith("ln_f.weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif "embed_tokens" in name or name.endswith("wte.weight"):
+            t = torch.randn(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g) / shape[1] ** 0.5
+        out[name] = t
+    return out
+
+
+def write_weights(folder: Path, tensors: dict[str, torch.Tensor], *, dtype: str, sharded: bool) -> None:
+    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in tensors.items()}
+    if not sharded:
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return
+    names = list(tensors)
+    half = len(names) // 2
+    parts = [names[:half], names[half:]]
+    weight_map = {}
+    for i, part in enumerate(parts, 1):
+        fname = f"model-{i:05d}-of-{len(parts):05d}.safetensors"
+        save_file({k: tensors[k] for k in part}, str(folder / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in part})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1), encoding="utf-8")
+
+
+def _write_auto_map_traps(folder: Path) -> None:
+    trap = (f"import pathlib\npathlib.Path(__file__).with_name({AUTO_MAP_MARKER!r}).write_text('ran')\n"
+            "raise RuntimeError('checkpoint-supplied code must never run')\n")
+    for name in ("tokenization_dream.py", "configuration_dream.py", "modeling_dream.py"):
+        (folder / name).write_text(trap, encoding="utf-8")
+
+
+# ---- the two families -----------------------------------------------------------------------
+
+def dream_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * hd
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
+            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
+            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
+            p + "self_attn.o_proj.weight": (h, h),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
+            p + "mlp.down_proj.weight": (h, inter),
+        })
+    shapes["model.norm.weight"] = (h,)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def make_dream_checkpoint(dir, *, tied: bool = False, sharded: bool = False, num_kv_heads: int = 2,
+                          dtype: str = "float32", tokenizer_format: str = "tokenizer.json",
+                          model_type: str = "Dream", vocab_size: int | None = None, seed: int = 0,
+                          extra_tokens: tuple[str, ...] = (), chat_template: str | None = CHATML_TEMPLATE,
+                          template_in: str = "config") -> Path:
+    """A tiny Dream-family (Qwen2-named) checkpoint in `dir`; returns the folder.
+
+    `model_type="qwen2"` with `tied=True` mimics Open-dCoder; `extra_tokens` appends more
+    special tokens (e.g. "<|dlm_pad|>"); `template_in` is "config" (tokenizer_config.json)
+    or "file" (chat_template.jinja); `vocab_size` overrides the padded embedding rows.
+    """
+    folder = Path(dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = DREAM_SPECIALS + tuple(extra_tokens)
+    tok_extra = {"auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+                 "tokenizer_class": "DreamTokenizer", "bos_token": "<|beginoftext|>",
+                 "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "mask_token": "<|mask|>",
+                 "additional_special_tokens": list(specials[1:3]), "errors": "replace"}
+    ids = write_tokenizer(folder, specials, fmt=tokenizer_format, config_extra=tok_extra,
+                          chat_template=chat_template, template_in=template_in)
+    cfg = {
+        "architectures": ["DreamModel" if model_type == "Dream" else "Qwen2ForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_dream.DreamConfig",
+                     "AutoModel": "modeling_dream.DreamModel"},
+        "attention_dropout": 0.0, "hidden_act": "silu", "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE, "initializer_range": 0.02,
+        "max_position_embeddings": 4096, "max_window_layers": LAYERS, "model_type": model_type,
+        "num_attention_heads": HEADS, "num_hidden_layers": LAYERS, "num_key_value_heads": num_kv_heads,
+        "rms_norm_eps": 1e-6, "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None,
+        "tie_word_embeddings": tied, "torch_dtype": dtype, "use_cache": False,
+        "use_sliding_window": False, "vocab_size": vocab_size or _round_up(max(ids.values()) + 1),
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|endoftext|>"],
+        "pad_token_id": ids["<|endoftext|>"], "mask_token_id": ids["<|mask|>"],
+    }
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    write_weights(folder, _random(dream_shapes(cfg), seed), dtype=dtype, sharded=sharded)
+    _write_auto_map_traps(folder)
+    return folder
+
+
+def llada_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, inter, v = cfg["d_model"], cfg["mlp_hidden_size"], cfg["embedding_size"]
+    hd = h // cfg["n_heads"]
+    kv = cfg["n_kv_heads"] * hd
+    shapes = {"model.transformer.wte.weight": (v, h)}
+    for i in range(cfg["n_layers"]):
+        p = f"model.transformer.blocks.{i}."
+        shapes.update({
+            p + "attn_norm.weight": (h,), p + "q_proj.weight": (h, h), p + "k_proj.weight": (kv, h),
+            p + "v_proj.weight": (kv, h), p + "attn_out.weight": (h, h), p + "ff_norm.weight": (h,),
+            p + "ff_proj.weight": (inter, h), p + "up_proj.weight": (inter, h),
+            p + "ff_out.weight": (h, inter),
+        })
+    shapes["model.transformer.ln_f.weight"] = (h,)
+    shapes["model.transformer.ff_out.weight"] = (v, h)
+    return shapes
+
+
+def make_llada_checkpoint(dir, *, num_kv_heads: int | None = None, sharded: bool = False,
+                          dtype: str = "float32", tokenizer_format: str = "tokenizer.json",
+                          vocab_size: int | None = None, seed: int = 0,
+                          chat_template: str | None = LLADA_TEMPLATE, template_in: str = "config") -> Path:
+    """A tiny LLaDA (OLMo-named) checkpoint in `dir`; MHA unless `num_kv_heads` is given."""
+    folder = Path(dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_extra = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                 "pad_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast"}
+    ids = write_tokenizer(folder, LLADA_SPECIALS, fmt=tokenizer_format, config_extra=tok_extra,
+                          chat_template=chat_template, template_in=template_in)
+    v = vocab_size or _round_up(max(ids.values()) + 1)
+    cfg = {
+        "activation_type": "silu", "alibi": False, "architectures": ["LLaDAModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig",
+                     "AutoModel": "modeling_llada.LLaDAModelLM"},
+        "attention_layer_norm": False, "bias_for_layer_norm": False, "block_type": "llama",
+        "d_model": HIDDEN, "embedding_size": v, "eos_token_id": ids["<|endoftext|>"],
+        "flash_attention": False, "include_bias": False, "include_qkv_bias": False,
+        "init_device": "meta", "layer_norm_type": "rms", "layer_norm_with_affine": True,
+        "mask_token_id": ids["<|mdm_mask|>"], "max_sequence_length": 4096,
+        "mlp_hidden_size": INTERMEDIATE, "mlp_ratio": 4, "model_type": "llada", "n_heads": HEADS,
+        "n_kv_heads": num_kv_heads or HEADS, "n_layers": LAYERS, "pad_token_id": ids["<|endoftext|>"],
+        "rms_norm_eps": 1e-5, "rope": True, "rope_full_precision": True, "rope_theta": 500000.0,
+        "scale_logits": False, "use_cache": False, "vocab_size": v, "weight_tying": False,
+    }
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    write_weights(folder, _random(llada_shapes(cfg), seed), dtype=dtype, sharded=sharded)
+    return folder
