@@ -1,0 +1,760 @@
+"""The `dllm` command: a Typer app that composes the pipeline; the only place that catches
+`DllmError` (in `main`).
+
+Knows: options and their defaults, the model choice order, which stream gets what (people:
+stderr; data: stdout), exit codes, and the order of the pipeline:
+resolve → load → gather context → build prompt → denoise (live) → decode → parse edits →
+build patch → show diff → confirm → apply.
+Must not import torch (or the engine) at import time: `dllm --help` and `dllm --version`
+stay instant. Heavy imports live inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from . import __version__
+from .errors import DllmError, NotConfirmed, PatchError, UsageError
+
+EXAMPLES = """Examples:
+
+\b
+  dllm code "add a function that returns the mean of a list"
+  dllm code "fix the off-by-one in @src/pager.py"     # @path: send that file first
+  pytest -x 2>&1 | dllm code "make this test pass" tests/
+  dllm code --dry-run "rename parse_args to parse_options" > change.diff
+  dllm apply change.diff
+  dllm undo
+  dllm models
+  dllm bench --json
+"""
+
+app = typer.Typer(
+    name="dllm",
+    help="A terminal coding assistant built on masked-diffusion language models.\n\n" + EXAMPLES,
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"dllm {__version__}", flush=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
+    """dllm: prompt + repository context → live denoising → reviewed patch → atomic apply."""
+
+
+# ---- what the terminal can do -------------------------------------------------------------
+
+@dataclass
+class Ui:
+    """The two streams and what they allow: people read stderr, programs read stdout."""
+
+    err: object  # rich Console on stderr
+    out: object  # rich Console on stdout
+    live: bool  # draw the live canvas (stderr is an interactive terminal, not --no-live)
+    can_confirm: bool  # stdin and stderr are terminals: we may ask
+    json: bool = False
+    prompt_input: object = None  # prompt-toolkit Input/Output for the confirm prompt (None: the
+    prompt_output: object = None  # terminal; tests pass a pipe input and a dummy output)
+
+    @classmethod
+    def detect(cls, *, json_out: bool = False, no_live: bool = False) -> "Ui":
+        from .render import make_console
+
+        err, out = make_console(stderr=True), make_console(stderr=False)
+        live = err.is_interactive and not no_live
+        can_confirm = _isatty(sys.stdin) and _isatty(sys.stderr)  # TERM=dumb may still answer
+        return cls(err, out, live, can_confirm, json_out)
+
+    def say(self, message: str, style: str | None = None) -> None:
+        self.err.print(message, style=style, markup=False, highlight=False)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---- dllm code ------------------------------------------------------------------------------
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Checkpoint folder. Default: $DLLM_MODEL, then the user config, then the "
+    "embedded model.", show_default=False)]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", help="cpu, cuda, cuda:N, mps or auto (cuda, then mps, then cpu).", show_default=False)]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", help="float32, bfloat16, float16 or auto (bfloat16 on GPU, float32 on CPU).",
+    show_default=False)]
+
+
+@app.command(epilog=EXAMPLES)
+def code(
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="The instruction; '-' reads it from stdin.")],
+    paths: Annotated[Optional[List[str]], typer.Argument(metavar="PATHS",
+        help="Files or directories to send first (besides @path mentions in the prompt).",
+        show_default=False)] = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    gen_length: Annotated[Optional[int], typer.Option(help="Tokens to generate (the canvas).",
+                                                      show_default="128")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (an upper bound with "
+                                                 "--threshold).", show_default="gen-length")] = None,
+    block_length: Annotated[Optional[int], typer.Option(help="Semi-autoregressive block size; 0: "
+                                                        "one block.", show_default="32")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0 is greedy.", show_default="0")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Commit every token at least this "
+                         "confident each step; 0: a fixed schedule.", show_default="0.9")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (replayable runs).")] = None,
+    alg: Annotated[Optional[str], typer.Option(help="Remasking: low_confidence, random, origin, "
+                   "maskgit_plus, topk_margin, entropy.", show_default="low_confidence")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff on stdout; change nothing.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    no_live: Annotated[bool, typer.Option("--no-live", help="No live canvas; a one-line progress.")] = False,
+    show_context: Annotated[bool, typer.Option("--show-context", help="List what would be sent, with token counts, "
+                                               "and exit (loads no model).")] = False,
+    commit: Annotated[bool, typer.Option("--commit", help="Commit the applied patch (message: the prompt, "
+                                         "with a trailer naming the model).")] = False,
+) -> None:
+    """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
+    ui = Ui.detect(json_out=json_out, no_live=no_live)
+    cfg = sampler_config(gen_length, steps, block_length, temperature, threshold, seed, alg)
+    task, stdin_text, notes = read_task(prompt)
+    model_path = resolve_model_path(model)
+    model_dir(model_path)  # a missing checkpoint is reported before anything loads
+    if show_context:
+        return show_context_only(ui, model_path, task, paths or [], stdin_text, notes, cfg.gen_length)
+    lm = load(ui, model_path, device, dtype)
+    ctx = gather_context(lm.tokenizer, model_path, task, paths or [], stdin_text, notes,
+                         cfg.gen_length)
+    for note in (*ctx.notes, *(f"not sent: {s.path} ({s.reason})" for s in ctx.skipped)):
+        ui.say(f"dllm: {note}", style="yellow")
+    prompt_ids = encode_prompt(lm.tokenizer, task, ctx)
+    gen = generate(ui, lm, prompt_ids, cfg)
+    opts = ReviewOptions(yes=yes, dry_run=dry_run, commit_message=task if commit else None,
+                         model_name=_model_name(model_path))
+    report = Report(model=opts.model_name, prompt_tokens=len(prompt_ids), gen=gen)
+    with report.on_error(ui):
+        outcome = review_output(gen.text, ctx.root, opts, ui)
+    report.emit(ui, outcome)
+
+
+def read_task(prompt: str) -> tuple[str, str | None, list[str]]:
+    """(task, piped stdin text or None, notes). '-' takes the task itself from stdin."""
+    from .context import read_stdin
+
+    text, note = read_stdin(sys.stdin)
+    notes = [note] if note else []
+    if prompt == "-":
+        if not text:
+            raise UsageError("PROMPT is '-' but nothing was piped on stdin; pipe the instruction "
+                             "or give it as an argument")
+        return text.strip(), None, notes
+    if not prompt.strip():
+        raise UsageError("PROMPT is empty; say what to change, e.g. dllm code \"add a docstring to main\"")
+    return prompt, text, notes
+
+
+def sampler_config(gen_length, steps, block_length, temperature, threshold, seed, alg):
+    """SamplerConfig() (fast mode) with the options given; 0 turns block/threshold off."""
+    from .config import SamplerConfig
+
+    changes = {k: v for k, v in dict(gen_length=gen_length, steps=steps, temperature=temperature,
+                                      seed=seed, alg=alg).items() if v is not None}
+    if block_length is not None:
+        changes["block_length"] = block_length or None
+    if threshold is not None:
+        changes["threshold"] = threshold or None
+    return SamplerConfig().with_(**changes)
+
+
+# ---- model choice and loading ---------------------------------------------------------------
+
+DEFAULT_MODEL_NAME = "dllm-coder-mini"
+
+
+def default_model_dir() -> Path:
+    """$DLLM_WEIGHTS_DIR/<name>, else weights/<name> next to the package (as checkpoint.weights_dir,
+    which cannot be imported here: it imports torch)."""
+    env = os.environ.get("DLLM_WEIGHTS_DIR")
+    base = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "weights"
+    return base / DEFAULT_MODEL_NAME
+
+
+def resolve_model_path(cli_value: str | None) -> str:
+    """--model > $DLLM_MODEL > user config > "default" (see config.resolve_model)."""
+    from .config import resolve_model
+
+    return resolve_model(cli_value)
+
+
+def model_dir(model_path: str) -> Path:
+    """The folder of a model choice; a missing one is a CheckpointError naming it."""
+    from .errors import CheckpointError
+
+    folder = default_model_dir() if model_path == "default" else Path(model_path).expanduser()
+    if not (folder / "config.json").is_file():
+        hint = ("the embedded model is not built yet; pass --model PATH to a checkpoint folder"
+                if model_path == "default" else "pass --model PATH to a folder with config.json")
+        raise CheckpointError(f"{folder}: no checkpoint here (config.json missing); {hint}")
+    return folder
+
+
+def _model_name(model_path: str) -> str:
+    return DEFAULT_MODEL_NAME if model_path == "default" else Path(model_path).expanduser().name
+
+
+def read_model_config(folder: Path) -> dict:
+    from .errors import CheckpointError
+
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'}: not readable JSON ({exc}); "
+                              "re-download the checkpoint") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{folder / 'config.json'}: expected a JSON object")
+    return data
+
+
+def context_length(config: dict) -> int:
+    """Positions the model was trained on (Qwen2: max_position_embeddings; OLMo: max_sequence_length)."""
+    for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return 4096
+
+
+def device_choice(name: str | None) -> str:
+    """--device > user config > "auto" (cuda, then mps, then cpu; checkpoint.pick_device)."""
+    from .config import user_settings
+
+    return name or user_settings().device or "auto"
+
+
+def dtype_choice(name: str | None) -> str:
+    """--dtype > user config > "auto" (bfloat16 on cuda, float16 on mps, float32 on cpu)."""
+    from .config import user_settings
+
+    return name or user_settings().dtype or "auto"
+
+
+def load(ui: Ui, model_path: str, device: str | None, dtype: str | None):
+    """The model on its device, with a progress bar on stderr while the weights load."""
+    from .checkpoint import load_model, pick_device, pick_dtype
+    from .render import loading
+
+    dev = pick_device(device_choice(device))
+    dt = pick_dtype(dtype_choice(dtype), dev)
+    with loading(ui.err, f"{_model_name(model_path)} ({str(dt).replace('torch.', '')}) on {dev}"):
+        return load_model(model_path, device=dev, dtype=dt)
+
+
+# ---- context and prompt ----------------------------------------------------------------------
+
+PROMPT_MARGIN = 8  # tokens kept free: the chat template's joins may merge differently
+
+
+def gather_context(tokenizer, model_path: str, task: str, paths: list[str], stdin_text: str | None,
+                   notes: list[str], gen_length: int):
+    """Files and stdin that fit: model context − prompt overhead − gen_length."""
+    from .context import gather
+    from .prompt import build_messages
+
+    config = read_model_config(model_dir(model_path))
+    empty = tokenizer.apply_chat_template([m.as_dict() for m in build_messages(task)])
+    overhead = len(tokenizer.encode(empty)) + PROMPT_MARGIN
+    budget = context_length(config) - overhead - gen_length
+    if budget < 0:
+        raise UsageError(f"the prompt and --gen-length {gen_length} do not fit the model's "
+                         f"{context_length(config)}-token context; shorten the prompt or lower --gen-length")
+    return gather(task, paths, count_tokens=lambda text: len(tokenizer.encode(text)), budget=budget,
+                  stdin_text=stdin_text, notes=notes)
+
+
+def encode_prompt(tokenizer, task: str, ctx) -> list[int]:
+    """The chat-templated request (files, stdin, task) as token ids."""
+    from .prompt import build_messages
+
+    messages = build_messages(task, ctx.files, ctx.stdin_text)
+    return tokenizer.encode(tokenizer.apply_chat_template([m.as_dict() for m in messages]))
+
+
+def show_context_only(ui: Ui, model_path: str, task: str, paths: list[str], stdin_text: str | None,
+                      notes: list[str], gen_length: int) -> None:
+    """--show-context: the tokenizer alone (no torch), then the table on stdout."""
+    from .render import render_context
+    from .tokenizer import Tokenizer
+
+    folder = model_dir(model_path)
+    tokenizer = Tokenizer.from_dir(folder, read_model_config(folder))
+    ctx = gather_context(tokenizer, model_path, task, paths, stdin_text, notes, gen_length)
+    if ui.json:
+        data = {"root": str(ctx.root), "budget": ctx.budget, "tokens": ctx.tokens,
+                "files": [{"path": f.path, "tokens": f.tokens, "reason": f.reason} for f in ctx.files],
+                "stdin_tokens": ctx.stdin_tokens,
+                "skipped": [{"path": s.path, "reason": s.reason} for s in ctx.skipped],
+                "notes": list(ctx.notes)}
+        _write_json(ui, data)
+        return
+    render_context(ui.out, ctx)
+
+
+# ---- denoising ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # the decoded answer, cut at the first stop token
+    gen_tokens: int
+    steps: int
+    forwards: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.gen_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def generate(ui: Ui, lm, prompt_ids: list[int], cfg) -> Generation:
+    """Denoise with the live view on stderr; decode the answer once at the end."""
+    from .render import DenoiseView, TokenTexts
+    from .sampler import cut_at_stop, denoise
+
+    tok = lm.tokenizer
+    texts = TokenTexts(tok.decode, hidden=lm.stop_token_ids)
+    mode = "live" if ui.live else ("quiet" if ui.json else "line")
+    view = DenoiseView(ui.err, texts, lm.mask_token_id, cfg.gen_length, mode=mode)
+    last = None
+    with view:
+        for step in denoise(lm, prompt_ids, cfg):
+            view.update(step)
+            last = step
+    assert last is not None and last.done, "denoise() ended without a done step"
+    answer = [t for t in cut_at_stop(last.tokens, lm.stop_token_ids) if t != lm.mask_token_id]
+    text = tok.decode(answer, skip_special=True)
+    view.finish(None if ui.json else text)
+    return Generation(text, len(answer), last.index + 1, last.forwards, last.elapsed)
+
+
+# ---- review and apply --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReviewOptions:
+    yes: bool = False
+    dry_run: bool = False
+    commit_message: str | None = None  # --commit: the commit's subject
+    model_name: str = ""
+    save: bool = True  # keep the patch in the state dir (generated patches)
+
+
+@dataclass
+class Outcome:
+    patch: object | None = None  # patch.Patch
+    applied: bool = False
+    saved: Path | None = None
+    exit_code: int = 0
+
+
+def review_output(output: str, root: Path, opts: ReviewOptions, ui: Ui) -> Outcome:
+    """The post-generation pipeline: decoded text → edits → patch → diff → confirm → apply."""
+    from .edits import parse_edits
+
+    edits = parse_edits(output)
+    if not edits:
+        raise PatchError("no edit found in the model output; rephrase the request, "
+                         "name the file to change, or raise --gen-length")
+    return review_edits(edits, root, opts, ui)
+
+
+def review_edits(edits, root: Path, opts: ReviewOptions, ui: Ui) -> Outcome:
+    """Build, save, show, confirm, apply. A DllmError leaves with `.outcome` (for --json)."""
+    from .patch import build_patch
+
+    patch = build_patch(root, edits)
+    if patch.is_empty:
+        raise PatchError("the edits change nothing in the files; nothing to apply")
+    outcome = Outcome(patch=patch)
+    try:
+        return _decide(root, patch, opts, outcome, ui)
+    except DllmError as err:
+        err.outcome = outcome
+        raise
+
+
+def _decide(root: Path, patch, opts: ReviewOptions, outcome: Outcome, ui: Ui) -> Outcome:
+    from .patch import save_patch, state_dir_for
+
+    if opts.save:
+        outcome.saved = save_patch(patch, state_dir_for(root))
+        ui.say(f"dllm: patch saved to {outcome.saved}", style="dim")
+    if opts.dry_run:
+        _print_diff(ui, patch.diff)
+        return outcome
+    if not opts.yes:
+        outcome.patch = patch = confirm(root, patch, outcome, ui)
+    elif not ui.out.is_terminal:
+        _print_diff(ui, patch.diff)
+    else:
+        _show_diff(ui, patch.diff)
+    return apply(root, patch, opts, outcome, ui)
+
+
+def confirm(root: Path, patch, outcome: Outcome, ui: Ui):
+    """Ask yes / no / edit / save; return the (possibly edited) patch to apply."""
+    from .edits import parse_unified_diff
+    from .patch import build_patch
+    from .render import ask_confirm, ask_text, edit_in_editor
+
+    if not ui.can_confirm:
+        _print_diff(ui, patch.diff)
+        where = f" (saved: {outcome.saved})" if outcome.saved else ""
+        raise NotConfirmed(f"no terminal to confirm on and no --yes; the diff is on stdout{where}; "
+                           "rerun with --yes, or apply it with `dllm apply FILE`")
+    while True:
+        _show_diff(ui, patch.diff)
+        choice = ask_confirm(input=ui.prompt_input, output=ui.prompt_output)
+        if choice == "yes":
+            return patch
+        if choice == "edit":
+            patch = build_patch(root, parse_unified_diff(edit_in_editor(patch.diff)))
+            if patch.is_empty:
+                raise NotConfirmed("the edited patch changes nothing; nothing was applied")
+            continue
+        if choice == "save":
+            target = ask_text("save the patch to", "dllm.patch", input=ui.prompt_input,
+                              output=ui.prompt_output)
+            if target:
+                Path(target).expanduser().write_text(patch.diff, encoding="utf-8")
+                raise NotConfirmed(f"patch saved to {target}; not applied (apply it with `dllm apply {target}`)")
+        raise NotConfirmed("declined; nothing was changed")
+
+
+def apply(root: Path, patch, opts: ReviewOptions, outcome: Outcome, ui: Ui) -> Outcome:
+    from .patch import apply_patch, commit_patch, state_dir_for
+
+    applied = apply_patch(root, patch, state_dir=state_dir_for(root))
+    outcome.applied = True
+    files = ", ".join(patch.files)
+    ui.say(f"dllm: applied to {files}; `dllm undo` reverts it", style="green")
+    if opts.commit_message:
+        commit_patch(root, applied, opts.commit_message, opts.model_name)
+        ui.say("dllm: committed", style="green")
+    return outcome
+
+
+def _show_diff(ui: Ui, diff: str) -> None:
+    from .render import render_diff
+
+    render_diff(ui.err, diff)
+
+
+def _print_diff(ui: Ui, diff: str) -> None:
+    """The diff as data on stdout (not in --json mode, where it is a field)."""
+    from .render import print_data
+
+    if not ui.json:
+        print_data(diff, ui.out, syntax="diff")
+
+
+@dataclass
+class Report:
+    """The --json object of `dllm code` (one line on stdout, also when the patch fails)."""
+
+    model: str
+    prompt_tokens: int
+    gen: Generation
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self, outcome: Outcome | None, exit_code: int, error: str | None = None) -> dict:
+        patch = outcome.patch if outcome else None
+        g = self.gen
+        data = {"model": self.model, "prompt_tokens": self.prompt_tokens, "gen_tokens": g.gen_tokens,
+                "steps": g.steps, "forwards": g.forwards, "seconds": round(g.seconds, 4),
+                "tokens_per_second": round(g.tokens_per_second, 2), "output": g.text,
+                "patch": patch.diff if patch is not None else None,
+                "files": list(patch.files) if patch is not None else [],
+                "applied": bool(outcome and outcome.applied), "exit_code": exit_code}
+        if error:
+            data["error"] = error
+        return data
+
+    def emit(self, ui: Ui, outcome: Outcome) -> None:
+        if ui.json:
+            _write_json(ui, self.as_dict(outcome, 0))
+
+    def on_error(self, ui: Ui):
+        """In --json mode, a DllmError after generation still prints the object (then re-raises)."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def guard():
+            try:
+                yield
+            except DllmError as err:
+                if ui.json:
+                    _write_json(ui, self.as_dict(getattr(err, "outcome", None), err.exit_code, str(err)))
+                raise
+
+        return guard()
+
+
+def _write_json(ui: Ui, data) -> None:
+    ui.out.file.write(json.dumps(data, ensure_ascii=False) + "\n")
+    ui.out.file.flush()
+
+
+# ---- dllm apply / undo ------------------------------------------------------------------------
+
+@app.command("apply")
+def apply_command(
+    source: Annotated[str, typer.Argument(metavar="FILE|-", help="A unified diff file, or '-' for stdin.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check it and print the diff dllm would apply.")] = False,
+) -> None:
+    """Apply a unified diff through the same checks (paths, hunks, atomic write, undo journal)."""
+    from .edits import parse_unified_diff
+
+    ui = Ui.detect()
+    text = _read_source(source)
+    root = work_root()
+    edits = parse_unified_diff(text)
+    if not edits:
+        raise PatchError(f"{source}: no unified diff found (expected ---/+++ headers and @@ hunks)")
+    review_edits(edits, root, ReviewOptions(yes=yes, dry_run=dry_run, save=False), ui)
+
+
+def _read_source(source: str) -> str:
+    if source == "-":
+        if _isatty(sys.stdin):
+            raise UsageError("FILE is '-' but stdin is a terminal; pipe a diff: git diff | dllm apply -")
+        return sys.stdin.read()
+    try:
+        return Path(source).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{source}: cannot read the diff ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def work_root() -> Path:
+    """The git work tree containing the current directory, else the current directory."""
+    from .context import find_root
+
+    return find_root(Path.cwd()) or Path.cwd().resolve()
+
+
+@app.command()
+def undo() -> None:
+    """Restore the files of the last applied patch, byte for byte (refused if they changed since)."""
+    from .patch import state_dir_for, undo as undo_patch
+
+    ui = Ui.detect()
+    root = work_root()
+    restored = undo_patch(root, state_dir=state_dir_for(root))
+    files = getattr(restored, "files", None) or restored
+    names = ", ".join(str(f) for f in files) if isinstance(files, (list, tuple)) else ""
+    ui.say(f"dllm: undone{': ' + names if names else ''}", style="green")
+
+
+# ---- dllm models --------------------------------------------------------------------------------
+
+@app.command()
+def models(
+    paths: Annotated[Optional[List[Path]], typer.Argument(metavar="PATHS", help="More checkpoint folders to describe.",
+                                                          show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout.")] = False,
+) -> None:
+    """List local checkpoints: the embedded default, $DLLM_MODEL, the user config, the folders in
+    <config dir>/models, and PATHS (family, size, dtype, licence; reads no weights)."""
+    ui = Ui.detect(json_out=json_out)
+    chosen = resolve_model_path(None)
+    rows = [describe_model(source, folder, chosen) for source, folder in model_candidates(paths or [])]
+    if json_out:
+        _write_json(ui, rows)
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("", "name", "family", "params", "dtype", "context", "licence", "source", "path"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row("*" if r["chosen"] else "", r["name"], r["family"], r["params_human"], r["dtype"],
+                      str(r["context"] or "-"), r["licence"], r["source"], r["path"])
+    ui.out.print(table)
+    ui.say("* = the model `dllm code` uses now (--model > $DLLM_MODEL > user config > default)")
+
+
+def model_candidates(paths: list[Path]) -> list[tuple[str, Path]]:
+    from .config import home_dir, user_settings
+
+    found = [("default", default_model_dir())]
+    for source, value in (("$DLLM_MODEL", os.environ.get("DLLM_MODEL")), ("config", user_settings().model)):
+        if value:
+            found.append((source, Path(value).expanduser()))
+    user_models = home_dir() / "models"
+    if user_models.is_dir():
+        found += [("user", d) for d in sorted(user_models.iterdir()) if (d / "config.json").is_file()]
+    found += [("argument", Path(p).expanduser()) for p in paths]
+    seen, unique = set(), []
+    for source, folder in found:
+        key = folder.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append((source, folder))
+    return unique
+
+
+def describe_model(source: str, folder: Path, chosen: str) -> dict:
+    """What config.json, the safetensors headers and the model card say (no weights read)."""
+    is_chosen = (chosen == "default" and source == "default") or (
+        chosen != "default" and Path(chosen).expanduser().resolve() == folder.resolve())
+    row = {"name": DEFAULT_MODEL_NAME if source == "default" else folder.name, "path": str(folder),
+           "source": source, "chosen": is_chosen, "family": "-", "params": None, "params_human": "-",
+           "dtype": "-", "context": None, "licence": "-", "error": None}
+    try:
+        config = read_model_config(model_dir("default" if source == "default" else str(folder)))
+    except DllmError as err:
+        row["error"] = str(err)
+        row["family"] = "missing" if not (folder / "config.json").exists() else "unreadable"
+        return row
+    params, header_dtype = safetensors_params(folder)
+    row.update(family=model_family(config), params=params, params_human=human_count(params),
+               dtype=str(config.get("torch_dtype") or config.get("dtype") or header_dtype or "-"),
+               context=context_length(config), licence=model_licence(folder))
+    return row
+
+
+def model_family(config: dict) -> str:
+    kind = str(config.get("model_type") or "").lower()
+    arch = " ".join(config.get("architectures") or []).lower()
+    if "llada" in kind or "llada" in arch:
+        return "llada"
+    if "dream" in kind or "dream" in arch:
+        return "dream"
+    return kind or arch or "unknown"
+
+
+def safetensors_params(folder: Path) -> tuple[int | None, str | None]:
+    """Parameter count and dtype from the safetensors headers (8-byte length + JSON)."""
+    import struct
+
+    total, dtype = 0, None
+    files = sorted(folder.glob("*.safetensors"))
+    for path in files:
+        try:
+            with path.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(min(size, 100_000_000)))
+        except (OSError, ValueError, struct.error):
+            return None, None
+        for name, entry in header.items():
+            if name != "__metadata__" and isinstance(entry, dict):
+                n = 1
+                for dim in entry.get("shape", []):
+                    n *= dim
+                total += n
+                dtype = dtype or {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(entry.get("dtype"))
+    return (total if files else None), dtype
+
+
+def human_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def model_licence(folder: Path) -> str:
+    """`license:` from the model card's front matter, else the LICENSE file's first line."""
+    card = folder / "README.md"
+    if card.is_file():
+        lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
+        if lines and lines[0].strip() == "---":
+            for line in lines[1:40]:
+                if line.strip() == "---":
+                    break
+                if line.lower().startswith(("license:", "licence:")):
+                    return line.split(":", 1)[1].strip().strip("'\"") or "-"
+    for name in ("LICENSE", "LICENSE.txt", "LICENCE"):
+        if (folder / name).is_file():
+            first = (folder / name).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            return first[0][:40] if first else "-"
+    return "unknown"
+
+
+# ---- dllm bench ---------------------------------------------------------------------------------
+
+@app.command()
+def bench(
+    model: ModelOpt = None,
+    shape: Annotated[Optional[str], typer.Option(help="Random weights of a published shape on the "
+                     "device instead of a checkpoint: dream-7b, llada-8b, open-dcoder-0.5b.",
+                     show_default=False)] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    gen_length: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
+    k: Annotated[Optional[List[int]], typer.Option("--k", help="Also time a fixed k tokens committed "
+                 "per forward (repeatable: --k 1 --k 2).", show_default=False)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Time the reference loop against the default fast mode in one process; report the ratios."""
+    from .bench import format_report, run_bench
+
+    ui = Ui.detect(json_out=json_out)
+    model_path = model if shape else resolve_model_path(model)  # both given: bench says so
+    report = run_bench(model_path, shape=shape, device=device_choice(device), dtype=dtype_choice(dtype),
+                       gen_length=gen_length, ks=tuple(k or ()))
+    if json_out:
+        _write_json(ui, report.as_dict())
+    else:
+        ui.out.file.write(format_report(report).rstrip("\n") + "\n")
+        ui.out.file.flush()
+
+
+# ---- the edge -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; turn DllmError into one line on stderr and its exit code."""
+    try:
+        result = app(args=argv, prog_name="dllm", standalone_mode=False)
+    except DllmError as err:
+        _fail(str(err), err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):  # typer maps Ctrl-C to Exit(130), EOF to Abort
+        _fail("interrupted; nothing was changed", 130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as err:  # click's usage errors (exit 2)
+        err.show()
+        sys.exit(getattr(err, "exit_code", 2))
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)
+    if result == 130:
+        _fail("interrupted; nothing was changed", 130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(message.split())
+    print(f"dllm: error: {line}" if code not in (4, 130) else f"dllm: {line}", file=sys.stderr, flush=True)
+    sys.exit(code)

@@ -1,0 +1,362 @@
+"""What dllm sends the model besides the task: repository files and piped stdin.
+
+Knows: the git work tree (via GitPython; works from any subdirectory), which files are
+tracked or untracked-but-not-ignored, how to rank them against the prompt, the token
+budget, the secrets filter, and the size cap of piped stdin. Tokens are counted with a
+callable passed in (the model's tokenizer), so this module never loads a model.
+Must not import torch, and never reads a file that the secrets filter refuses.
+
+Order of selection: explicit paths (command-line arguments), then `@path` mentions in the
+prompt, then tracked files ranked by relevance, each while it fits the budget. Outside a
+git repository only explicitly named files are sent (there is nothing to rank safely).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Sequence
+
+from .errors import UsageError
+from .prompt import format_file
+
+MAX_FILE_BYTES = 256 * 1024  # a bigger file is "huge": never sent
+STDIN_CAP_BYTES = 64 * 1024  # piped stdin beyond this is cut (and said so)
+MAX_RANKED_FILES = 5000  # ranking reads at most this many tracked files
+MAX_RANKED_BYTES = 32 * 1024 * 1024  # ... and at most this much text in all
+BINARY_SNIFF_BYTES = 8192
+
+# Secret file names, matched on the lower-cased base name (fnmatch syntax).
+SECRET_NAMES = (
+    ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks",
+    "*.keystore", "*.kdbx", ".netrc", "_netrc", ".git-credentials", "credentials*",
+    ".npmrc", ".pypirc", ".pgpass", ".htpasswd", "*.asc", "*.gpg",
+)
+SECRET_DIRS = (".ssh", ".gnupg", ".aws")
+SSH_KEY_NAME = re.compile(r"^id_[a-z0-9_]+(\.pub)?$")  # id_rsa, id_ed25519(.pub), ...
+PRIVATE_KEY_TEXT = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MENTION = re.compile(r"(?<![\w@])@([\w./~-]+)")
+STOP_WORDS = frozenset(
+    "a an and are as at be but by can do does for from has have how i in into is it its "
+    "make me my new no not of on or our so some that the their them then this to use "
+    "was we when where which while with without you your add fix change update file "
+    "files code function functions method class please should would could all".split()
+)
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    """One file as sent: repository-relative `path` ("/" separators), its text, the
+    tokens it costs in the prompt (path line and fences included), and why it was picked."""
+
+    path: str
+    text: str
+    tokens: int
+    reason: str  # "named" | "mentioned" | "relevant (score 3.2)"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that was considered and not sent, with the reason shown to the user."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Context:
+    root: Path  # the work tree (or the current directory outside git)
+    in_git: bool
+    files: tuple[ContextFile, ...]
+    stdin_text: str | None
+    stdin_tokens: int
+    budget: int  # tokens available for files + stdin
+    skipped: tuple[Skipped, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # e.g. "stdin cut to 64 KiB"
+
+    @property
+    def tokens(self) -> int:
+        return sum(f.tokens for f in self.files) + self.stdin_tokens
+
+
+# ---- the work tree -------------------------------------------------------------------
+
+def find_root(start: Path | str = ".") -> Path | None:
+    """The git work tree containing `start`, or None outside a repository."""
+    import git  # GitPython: imported here so `dllm --help` stays fast
+
+    try:
+        repo = git.Repo(Path(start).resolve(), search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+    if repo.bare or repo.working_tree_dir is None:
+        return None
+    return Path(repo.working_tree_dir).resolve()
+
+
+def listed_files(root: Path) -> list[str]:
+    """Tracked plus untracked-but-not-ignored files (git's own .gitignore logic)."""
+    import git
+
+    out = git.Repo(root).git.ls_files("-z", "--cached", "--others", "--exclude-standard")
+    paths = sorted({p for p in out.split("\0") if p})
+    return [p for p in paths if (root / p).is_file() and not (root / p).is_symlink()]
+
+
+def is_ignored(root: Path, rel: str) -> bool:
+    import git
+
+    try:
+        return bool(git.Repo(root).ignored(rel))
+    except git.GitCommandError:
+        return False
+
+
+# ---- filters ---------------------------------------------------------------------------
+
+def is_secret(path: str) -> bool:
+    """True for key, credential and environment files, wherever they are (by name)."""
+    parts = [p.lower() for p in PurePosixPath(path.replace(os.sep, "/")).parts]
+    if not parts:
+        return False
+    name = parts[-1]
+    if any(d in SECRET_DIRS for d in parts[:-1]):
+        return True
+    if SSH_KEY_NAME.match(name):
+        return True
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in SECRET_NAMES)
+
+
+def read_text(path: Path) -> tuple[str | None, str]:
+    """(text, "") for a sendable file, else (None, why it is not sent)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return None, f"huge ({size // 1024} KiB > {MAX_FILE_BYTES // 1024} KiB)"
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or exc})"
+    if b"\0" in data[:BINARY_SNIFF_BYTES]:
+        return None, "binary"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "binary (not UTF-8)"
+    if PRIVATE_KEY_TEXT.search(text):
+        return None, "secret (contains a private key)"
+    return text, ""
+
+
+# ---- stdin -------------------------------------------------------------------------------
+
+def read_stdin(stream, cap: int = STDIN_CAP_BYTES) -> tuple[str | None, str | None]:
+    """(text, note) from piped stdin; (None, None) when stdin is a terminal or empty.
+
+    Reads only when `stream` is not a TTY, at most `cap` bytes (+1 to detect the cut)."""
+    if stream is None or _isatty(stream):
+        return None, None
+    raw = getattr(stream, "buffer", stream).read(cap + 1)
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
+    note = None
+    if len(data) > cap:
+        data = data[:cap]
+        note = f"piped input cut to its first {cap // 1024} KiB"
+    text = data.decode("utf-8", errors="replace")
+    return (text if text.strip() else None), note
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---- ranking -----------------------------------------------------------------------------
+
+def prompt_words(prompt: str) -> set[str]:
+    """Lower-cased identifiers and their snake/camel parts, minus stop words."""
+    words: set[str] = set()
+    for ident in WORD.findall(prompt):
+        pieces = [ident] + re.split(r"_+|(?<=[a-z0-9])(?=[A-Z])", ident)
+        words.update(p.lower() for p in pieces if len(p) >= 3)
+    return words - STOP_WORDS
+
+
+def mentions(prompt: str) -> list[str]:
+    """`@path` mentions, trailing punctuation removed ("see @src/a.py." -> "src/a.py")."""
+    return [m.rstrip(".,:;!?)]}'\"") for m in MENTION.findall(prompt)]
+
+
+def rank(words: set[str], texts: dict[str, str]) -> list[tuple[float, str]]:
+    """(score, path), best first; score = idf-weighted word overlap, path matches x3."""
+    if not words:
+        return []
+    vocab = {path: {w.lower() for w in WORD.findall(text)} for path, text in texts.items()}
+    for path, seen in vocab.items():
+        seen.update(p.lower() for ident in list(seen) for p in ident.split("_") if len(p) >= 3)
+    df = Counter(w for seen in vocab.values() for w in words & seen)
+    n = len(texts)
+    scored = []
+    for path, seen in vocab.items():
+        path_words = {p.lower() for p in re.split(r"[^A-Za-z0-9]+", path) if p}
+        score = sum(math.log(1 + n / df[w]) for w in words & seen)
+        score += 3 * sum(math.log(1 + n / max(df[w], 1)) for w in words & path_words)
+        if score > 0:
+            scored.append((round(score, 1), path))
+    scored.sort(key=lambda sp: (-sp[0], len(texts[sp[1]]), sp[1]))
+    return scored
+
+
+# ---- selection ----------------------------------------------------------------------------
+
+MAX_RANKED = 5  # ranked (not named) files sent at most: a long prompt slows every forward
+
+
+def gather(prompt: str, paths: Sequence[str] = (), *, count_tokens: Callable[[str], int],
+           budget: int, stdin_text: str | None = None, cwd: Path | str = ".",
+           notes: Iterable[str] = ()) -> Context:
+    """Pick the files (and stdin) to send for `prompt`, within `budget` tokens.
+
+    `paths` are relative to `cwd` (files or directories). A named file that does not fit
+    the budget is a UsageError; a named secret, binary, huge or ignored file is skipped
+    with its reason (never sent)."""
+    cwd = Path(cwd).resolve()
+    root = find_root(cwd)
+    sel = _Selection(root or cwd, root is not None, count_tokens, budget, list(notes))
+    if stdin_text:
+        sel.add_stdin(stdin_text)
+    for raw in paths:
+        for rel in sel.expand(cwd, raw, strict=True):
+            sel.add(rel, "named", strict=True)
+    for raw in mentions(prompt):
+        for rel in sel.expand(cwd, raw, strict=False):
+            sel.add(rel, "mentioned", strict=True)
+    if sel.in_git:
+        sel.add_ranked(prompt_words(prompt))
+    return sel.context()
+
+
+class _Selection:
+    """The running choice of files: what is in, what was skipped, tokens left."""
+
+    def __init__(self, root: Path, in_git: bool, count: Callable[[str], int], budget: int,
+                 notes: list[str]) -> None:
+        self.root, self.in_git, self.count, self.budget = root, in_git, count, budget
+        self.left = budget
+        self.files: list[ContextFile] = []
+        self.skipped: list[Skipped] = []
+        self.seen: set[str] = set()
+        self.notes = notes
+        self.stdin_text: str | None = None
+        self.stdin_tokens = 0
+        self._listed: list[str] | None = None
+        self._listed_set: set[str] | None = None
+
+    @property
+    def listed(self) -> list[str]:
+        if self._listed is None:
+            self._listed = listed_files(self.root) if self.in_git else []
+        return self._listed
+
+    @property
+    def listed_set(self) -> set[str]:
+        if self._listed_set is None:
+            self._listed_set = set(self.listed)
+        return self._listed_set
+
+    def add_stdin(self, text: str) -> None:
+        tokens = self.count(f"stdin\n```\n{text}\n```\n") + 1
+        if tokens > self.left:
+            raise UsageError(f"piped input is {tokens} tokens but only {self.left} fit the model's "
+                             "context; pipe less, or lower --gen-length")
+        self.stdin_text, self.stdin_tokens = text, tokens
+        self.left -= tokens
+
+    def expand(self, cwd: Path, raw: str, *, strict: bool) -> list[str]:
+        """Repository-relative files named by `raw` (a file, or a directory's files)."""
+        target = Path(os.path.normpath(cwd / Path(raw).expanduser()))
+        real = target.resolve()
+        if not _inside(target, self.root) or not _inside(real, self.root):
+            if strict:
+                raise UsageError(f"{raw}: outside the {'repository' if self.in_git else 'current directory'} "
+                                 f"{self.root}; name files inside it")
+            return []
+        if not target.exists():
+            if strict:
+                raise UsageError(f"{raw}: no such file; check the path (relative to {cwd})")
+            return []
+        rel = target.relative_to(self.root).as_posix()
+        if ".git" in PurePosixPath(rel).parts:
+            self.skipped.append(Skipped(rel, "inside .git: never sent"))
+            return []
+        if target.is_file():
+            return [rel]
+        if self.in_git:
+            prefix = "" if rel == "." else rel + "/"
+            return [p for p in self.listed if p.startswith(prefix)]
+        return sorted(p.relative_to(self.root).as_posix() for p in target.rglob("*")
+                      if p.is_file() and not any(s.startswith(".") for s in p.relative_to(self.root).parts))
+
+    def add(self, rel: str, reason: str, *, strict: bool) -> None:
+        if rel in self.seen:
+            return
+        self.seen.add(rel)
+        if is_secret(rel):
+            self.skipped.append(Skipped(rel, "secret: never sent"))
+            return
+        if self.in_git and rel not in self.listed_set and is_ignored(self.root, rel):
+            self.skipped.append(Skipped(rel, "ignored by .gitignore"))
+            return
+        text, why = read_text(self.root / rel)
+        if text is None:
+            self.skipped.append(Skipped(rel, why))
+            return
+        tokens = self.count(format_file(rel, text)) + 1
+        if tokens > self.left:
+            if strict and reason == "named":
+                raise UsageError(f"{rel}: {tokens} tokens do not fit the {self.left} left in the model's "
+                                 "context; name a smaller file, or lower --gen-length")
+            self.skipped.append(Skipped(rel, f"over the token budget ({tokens} > {self.left} left)"))
+            return
+        self.files.append(ContextFile(rel, text, tokens, reason))
+        self.left -= tokens
+
+    def add_ranked(self, words: set[str]) -> None:
+        texts: dict[str, str] = {}
+        total = 0
+        for rel in self.listed[:MAX_RANKED_FILES]:
+            if rel in self.seen or is_secret(rel):
+                continue
+            text, _ = read_text(self.root / rel)
+            if text is not None:
+                texts[rel] = text
+                total += len(text)
+                if total > MAX_RANKED_BYTES:
+                    break
+        added = 0
+        for score, rel in rank(words, texts):
+            if added == MAX_RANKED or self.left <= 0:
+                break
+            before = len(self.files)
+            self.add(rel, f"relevant (score {score})", strict=False)
+            added += len(self.files) - before
+
+    def context(self) -> Context:
+        return Context(self.root, self.in_git, tuple(self.files), self.stdin_text, self.stdin_tokens,
+                       self.budget, tuple(self.skipped), tuple(self.notes))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True

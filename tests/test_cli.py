@@ -1,0 +1,478 @@
+"""The `dllm` command: exit codes, streams, safety rules, in temporary git repositories.
+
+Runs `main()` in-process (CliRunner's stream isolation) for most cases, and a few real
+subprocesses: startup without torch, no-TTY behaviour, one tiny-checkpoint `dllm code`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dllm_cli import cli
+from dllm_cli.errors import NotConfirmed, PatchError
+
+ANSI = "\x1b["
+# what random weights produce: no edit at all, or a malformed block (both exit 3)
+NO_EDIT = re.compile(r"dllm: error: (no edit found|cannot read the model's answer)")
+ENV_OFF = {"FORCE_COLOR": None, "NO_COLOR": None, "TTY_COMPATIBLE": None, "DLLM_MODEL": None,
+           "DLLM_STATE_DIR": None, "COLUMNS": None}
+
+
+def run(args, input=None, env=None):
+    """(exit code, stdout, stderr) of `dllm ARGS` run through main() in this process."""
+    runner = CliRunner()
+    with runner.isolation(input=input, env={**ENV_OFF, **(env or {})}) as (out, err, _):
+        try:
+            cli.main(list(args))
+            code = 0
+        except SystemExit as done:
+            code = done.code
+        return code, out.getvalue().decode(), err.getvalue().decode()
+
+
+def git(root, *args):
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DLLM_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    for name in ENV_OFF:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    (root / "src").mkdir(parents=True)
+    (root / "src/stats.py").write_bytes(b"def mean(xs):\r\n    return sum(xs) / len(xs)")  # CRLF, no EOL
+    (root / "src/stats.py").chmod(0o755)
+    (root / "src/other.py").write_text("A = 1\nB = 2\n")
+    (root / ".env").write_text("API_TOKEN=hunter2-mean\n")
+    git(root, "init", "-q")
+    git(root, "add", "src")
+    git(root, "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "init")
+    monkeypatch.chdir(root)
+    return root
+
+
+FIX = """\
+--- a/src/stats.py
++++ b/src/stats.py
+@@ -1,2 +1,4 @@
+ def mean(xs):
++    if not xs:
++        return 0.0
+     return sum(xs) / len(xs)
+\\ No newline at end of file
+"""
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and ".git" not in p.parts}
+
+
+# ---- startup --------------------------------------------------------------------------------
+
+PROBE = """
+import sys, time
+t = time.perf_counter()
+from dllm_cli.cli import main
+try:
+    main({args!r})
+except SystemExit:
+    pass
+print("SECONDS", time.perf_counter() - t, file=sys.stderr)
+print("TORCH", "torch" in sys.modules, "transformers" in sys.modules, file=sys.stderr)
+"""
+
+
+def probe(args, cwd=None, env=None):
+    done = subprocess.run([sys.executable, "-c", PROBE.format(args=args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+    lines = dict(line.split(" ", 1) for line in done.stderr.splitlines() if line.startswith(("SECONDS", "TORCH")))
+    return done, float(lines["SECONDS"]), lines["TORCH"]
+
+
+@pytest.mark.parametrize("args, expect", [(["--help"], "Examples:"), (["--version"], "dllm 0.1.0"),
+                                          (["code", "--help"], "--dry-run")])
+def test_help_and_version_never_import_torch(args, expect):
+    done, seconds, torch_loaded = probe(args)
+    assert expect in done.stdout
+    assert torch_loaded == "False False"
+    assert seconds < 2.0, f"dllm {' '.join(args)} took {seconds:.2f} s"
+
+
+def test_show_context_loads_no_model_and_never_lists_secrets(repo, dream_ckpt):
+    done, _, torch_loaded = probe(["code", "--show-context", "--model", str(dream_ckpt),
+                                   "fix mean with the API token", ".env", "src/stats.py"], cwd=repo)
+    assert torch_loaded == "False False"
+    assert "src/stats.py" in done.stdout and "named" in done.stdout
+    assert ".env" in done.stdout and "not sent: secret" in done.stdout
+    assert "hunter2" not in done.stdout + done.stderr and ANSI not in done.stdout
+
+
+def test_secrets_never_reach_the_encoded_prompt(repo, dream_ckpt):
+    from dllm_cli.tokenizer import Tokenizer
+
+    (repo / "deploy").mkdir()
+    (repo / "deploy/id_ed25519").write_text("hunter2 mean key\n")
+    git(repo, "add", "-f", ".env", "deploy/id_ed25519")  # even tracked secrets stay out
+    tok = Tokenizer.from_dir(dream_ckpt, json.loads((dream_ckpt / "config.json").read_text()))
+    ctx = cli.gather_context(tok, str(dream_ckpt), "fix mean using API_TOKEN hunter2", [".env", "src", "deploy"],
+                             "piped log\n", [], 128)
+    text = tok.decode(cli.encode_prompt(tok, "fix mean using API_TOKEN", ctx))
+    assert "return sum(xs) / len(xs)" in text and "piped log" in text
+    assert "hunter2" not in text and {s.path for s in ctx.skipped} >= {".env", "deploy/id_ed25519"}
+
+
+# ---- usage and errors -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["code"], "Missing argument"),
+    (["frobnicate"], "No such command"),
+    (["code", "x", "--gen-length", "many"], "--gen-length"),
+    (["code", "x", "--alg", "greedy"], "unknown --alg"),
+    (["code", "x", "--gen-length", "100"], "multiple of --block-length"),
+    (["code", "   "], "PROMPT is empty"),
+    (["code", "-"], "nothing was piped"),
+])
+def test_usage_errors_exit_2(repo, args, words):
+    code, out, err = run(args)
+    assert code == 2 and words in err and out == ""
+    assert "Traceback" not in err
+
+
+def test_errors_are_one_line_without_traceback(repo, tmp_path):
+    code, out, err = run(["code", "add a test", "--model", str(tmp_path / "missing")])
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("dllm: error: ") and "--model" in err
+
+
+def test_default_model_missing_is_a_clear_error(repo):
+    code, _, err = run(["code", "--show-context", "add a test"])
+    assert code == 1 and "embedded model is not built yet" in err
+
+
+# ---- dllm apply / undo --------------------------------------------------------------------------
+
+def test_apply_yes_then_undo_is_byte_exact(repo):
+    before = snapshot(repo)
+    Path("fix.diff").write_text(FIX)
+    code, out, err = run(["apply", "--yes", "fix.diff"])
+    assert code == 0, err
+    new = (repo / "src/stats.py").read_bytes()
+    assert new == b"def mean(xs):\r\n    if not xs:\r\n        return 0.0\r\n    return sum(xs) / len(xs)"
+    assert "applied to src/stats.py" in err and "+    if not xs:" in out  # the applied diff is data
+    assert (repo / "src/stats.py").stat().st_mode & 0o777 == 0o755
+    code, _, err = run(["undo"])
+    assert code == 0 and "src/stats.py" in err
+    assert snapshot(repo) == {**before, "fix.diff": FIX.encode()}
+    code, _, err = run(["undo"])
+    assert code == 3 and "nothing to undo" in err
+
+
+def test_undo_refuses_when_files_changed_since(repo):
+    Path("fix.diff").write_text(FIX)
+    assert run(["apply", "-y", "fix.diff"])[0] == 0
+    (repo / "src/stats.py").write_text("edited by hand\n")
+    code, _, err = run(["undo"])
+    assert code == 3 and "changed since" in err
+    assert (repo / "src/stats.py").read_text() == "edited by hand\n"
+
+
+def test_apply_from_stdin(repo):
+    code, _, err = run(["apply", "-y", "-"], input=FIX)
+    assert code == 0, err
+    assert b"return 0.0" in (repo / "src/stats.py").read_bytes()
+
+
+def test_dry_run_prints_the_diff_and_changes_nothing(repo):
+    before = snapshot(repo)
+    code, out, _ = run(["apply", "--dry-run", "-"], input=FIX)
+    assert code == 0 and "+    if not xs:" in out and ANSI not in out
+    assert snapshot(repo) == before
+
+
+def test_no_tty_without_yes_prints_the_diff_and_exits_4(repo):
+    before = snapshot(repo)
+    Path("fix.diff").write_text(FIX)
+    code, out, err = run(["apply", "fix.diff"])
+    assert code == 4 and "+    if not xs:" in out and "--yes" in err
+    assert snapshot(repo) == {**before, "fix.diff": FIX.encode()}
+
+
+def create(path: str, body: str = "print('pwned')") -> str:
+    return f"--- /dev/null\n+++ b/{path}\n@@ -0,0 +1 @@\n+{body}\n"
+
+
+@pytest.mark.parametrize("target", ["../evil.py", "/tmp/dllm-abs-evil.py", ".git/hooks/pre-commit",
+                                    "src/../../evil.py", "link/evil.py"])
+def test_path_safety(repo, tmp_path, target):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, repo / "link")
+    before = snapshot(repo)
+    code, _, err = run(["apply", "--yes", "-"], input=create(target))
+    assert code == 3, err
+    assert err.startswith("dllm: error: ") and "Traceback" not in err
+    assert snapshot(repo) == before and not list(outside.iterdir())
+    assert not (tmp_path / "evil.py").exists() and not Path("/tmp/dllm-abs-evil.py").exists()
+    assert not (repo / ".git/hooks/pre-commit").exists()
+
+
+def test_atomic_second_file_fails_first_untouched(repo):
+    before = snapshot(repo)
+    diff = FIX + "--- a/src/other.py\n+++ b/src/other.py\n@@ -1,2 +1,2 @@\n A = 1\n-C = 3\n+C = 4\n"
+    code, _, err = run(["apply", "--yes", "-"], input=diff)
+    assert code == 3 and "other.py" in err
+    assert snapshot(repo) == before
+
+
+def test_apply_rejects_text_without_a_diff(repo):
+    code, _, err = run(["apply", "-y", "-"], input="just some words\n")
+    assert code == 3 and "unified diff" in err and "Traceback" not in err
+
+
+def test_force_color_and_dumb_terminals(repo):
+    _, out, _ = run(["apply", "--dry-run", "-"], input=FIX, env={"FORCE_COLOR": "1"})
+    assert ANSI in out  # FORCE_COLOR honoured on a pipe
+    _, out, _ = run(["apply", "--dry-run", "-"], input=FIX, env={"FORCE_COLOR": "1", "TERM": "dumb"})
+    assert ANSI not in out and "+    if not xs:" in out
+
+
+# ---- the post-generation pipeline ----------------------------------------------------------------
+
+ANSWER = textwrap.dedent("""\
+    Here is the change.
+
+    src/stats.py
+    <<<<<<< SEARCH
+    def mean(xs):
+        return sum(xs) / len(xs)
+    =======
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else 0.0
+    >>>>>>> REPLACE
+    """)
+
+
+@pytest.fixture
+def ui_with():
+    """ui_with(answers): a Ui on string consoles; `answers` are typed into the confirm prompt
+    (None: no TTY to ask on)."""
+    import io
+
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+    from rich.console import Console
+
+    pipes = []
+
+    def make(answers: str | None, json_out: bool = False):
+        err, out = Console(file=io.StringIO(), width=100), Console(file=io.StringIO(), width=100)
+        ui = cli.Ui(err, out, live=False, can_confirm=answers is not None, json=json_out)
+        if answers is not None:
+            pipes.append(create_pipe_input())
+            ui.prompt_input = pipes[-1].__enter__()
+            ui.prompt_input.send_text(answers)
+            ui.prompt_output = DummyOutput()
+        return ui
+
+    yield make
+    for pipe in pipes:
+        pipe.__exit__(None, None, None)
+
+
+def test_review_output_applies_search_replace_with_yes(ui_with, repo):
+    ui = ui_with(None)
+    outcome = cli.review_output(ANSWER, repo, cli.ReviewOptions(yes=True, model_name="tiny"), ui)
+    assert outcome.applied and outcome.patch.files == ("src/stats.py",)
+    assert (repo / "src/stats.py").read_bytes() == b"def mean(xs):\r\n    return sum(xs) / len(xs) if xs else 0.0"
+    assert outcome.saved.is_file() and outcome.saved.read_bytes() == outcome.patch.diff.encode()
+
+
+def test_review_output_without_edits_is_exit_3(ui_with, repo):
+    with pytest.raises(PatchError, match="no edit found") as info:
+        cli.review_output("I would rather not.", repo, cli.ReviewOptions(yes=True), ui_with(None))
+    assert info.value.exit_code == 3
+
+
+@pytest.mark.parametrize("answers", ["n\n", "\x04"])
+def test_declined_changes_nothing(ui_with, repo, answers):
+    before = snapshot(repo)
+    ui = ui_with(answers)
+    with pytest.raises(NotConfirmed) as info:
+        cli.review_output(ANSWER, repo, cli.ReviewOptions(), ui)
+    assert info.value.exit_code == 4 and snapshot(repo) == before
+    assert "src/stats.py" in ui.err.file.getvalue()  # the diff was shown before asking
+
+
+def test_confirm_yes_applies_and_commit_names_the_model(ui_with, repo):
+    outcome = cli.review_output(ANSWER, repo, cli.ReviewOptions(commit_message="guard mean",
+                                                                  model_name="tiny-dream"), ui_with("y\n"))
+    assert outcome.applied
+    message = git(repo, "log", "-1", "--format=%B")
+    assert message.startswith("guard mean") and "Generated-by: dllm (tiny-dream)" in message
+
+
+def test_confirm_save_writes_the_patch_and_applies_nothing(ui_with, repo, tmp_path):
+    before = snapshot(repo)
+    target = tmp_path / "saved.patch"
+    with pytest.raises(NotConfirmed, match="saved"):
+        cli.review_output(ANSWER, repo, cli.ReviewOptions(), ui_with(f"s\n\x15{target}\n"))
+    assert snapshot(repo) == before and "+    return sum(xs) / len(xs) if xs else 0.0" in target.read_text()
+
+
+def test_confirm_edit_applies_the_edited_patch(ui_with, repo, tmp_path, monkeypatch):
+    editor = tmp_path / "editor.py"
+    editor.write_text("import sys, pathlib\np = pathlib.Path(sys.argv[1])\n"
+                      "p.write_text(p.read_text().replace('else 0.0', 'else None'))\n")
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {editor}")
+    monkeypatch.delenv("VISUAL", raising=False)
+    outcome = cli.review_output(ANSWER, repo, cli.ReviewOptions(), ui_with("e\ny\n"))
+    assert outcome.applied and b"if xs else None" in (repo / "src/stats.py").read_bytes()
+
+
+def test_json_report_keeps_the_patch_when_not_confirmed(ui_with, repo):
+    ui = ui_with(None, json_out=True)
+    report = cli.Report(model="tiny", prompt_tokens=10, gen=cli.Generation(ANSWER, 40, 5, 6, 0.5))
+    with pytest.raises(NotConfirmed):
+        with report.on_error(ui):
+            cli.review_output(ANSWER, repo, cli.ReviewOptions(), ui)
+    data = json.loads(ui.out.file.getvalue())
+    assert data["exit_code"] == 4 and data["applied"] is False and data["files"] == ["src/stats.py"]
+    assert "+    return sum(xs) / len(xs) if xs else 0.0" in data["patch"] and data["output"] == ANSWER
+    assert data["tokens_per_second"] == 80.0 and data["gen_tokens"] == 40
+
+
+# ---- dllm code with a tiny random checkpoint -------------------------------------------------------
+
+def test_code_json_on_gibberish_reports_no_edit(repo, dream_ckpt):
+    before = snapshot(repo)
+    code, out, err = run(["code", "--json", "--model", str(dream_ckpt), "--gen-length", "32",
+                          "add a median function", "src/stats.py"])
+    assert code == 3 and NO_EDIT.search(err), err
+    data = json.loads(out)
+    assert data["exit_code"] == 3 and data["patch"] is None and data["applied"] is False
+    assert data["model"] == dream_ckpt.name and data["prompt_tokens"] > 20 and data["steps"] >= 1
+    assert set(data) >= {"gen_tokens", "seconds", "tokens_per_second", "output", "files"}
+    assert snapshot(repo) == before
+
+
+def test_code_subprocess_no_tty_no_hang_clean_stdout(repo, llada_ckpt):
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "dllm_cli", "code", "--model", str(llada_ckpt),
+                           "--gen-length", "32", "make mean handle empty lists"], cwd=repo,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DLLM_HOME": str(repo.parent / "home")})
+    report = f"exit {done.returncode}\nstdout: {done.stdout!r}\nstderr: {done.stderr}"
+    assert done.returncode == 3, report
+    assert done.stdout == "" and ANSI not in done.stderr, report  # stderr is a pipe: plain lines
+    assert "dllm: loading" in done.stderr and "tokens in" in done.stderr, report
+    assert NO_EDIT.search(done.stderr), report
+    assert time.monotonic() - start < 60
+
+
+def test_apply_subprocess_without_tty_exits_4_without_hanging(repo):
+    Path("fix.diff").write_text(FIX)
+    done = subprocess.run([sys.executable, "-m", "dllm_cli", "apply", "fix.diff"], cwd=repo,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 4 and done.stdout.startswith(("diff --git", "---")) and ANSI not in done.stdout
+
+
+def test_interrupt_while_denoising_exits_130_tree_untouched(repo, dream_ckpt, monkeypatch):
+    import dllm_cli.sampler as sampler
+
+    real = sampler.denoise
+
+    def interrupted(*args, **kwargs):
+        for step in real(*args, **kwargs):
+            yield step
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampler, "denoise", interrupted)
+    before = snapshot(repo)
+    code, out, err = run(["code", "--yes", "--model", str(dream_ckpt), "--gen-length", "32", "add x"])
+    assert code == 130 and "interrupted" in err and out == ""
+    assert snapshot(repo) == before
+
+
+# ---- dllm models ------------------------------------------------------------------------------------
+
+def test_models_describes_local_checkpoints(repo, dream_ckpt, llada_ckpt, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    (tmp_path / "home/models").mkdir(parents=True)
+    os.symlink(llada_ckpt, tmp_path / "home/models/my-llada")
+    (dream_ckpt / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    code, out, err = run(["models", "--json", str(dream_ckpt)])
+    assert code == 0, err
+    rows = {r["source"]: r for r in json.loads(out)}
+    assert rows["default"]["family"] == "missing" and rows["default"]["chosen"]
+    assert rows["user"]["family"] == "llada" and rows["user"]["name"] == "my-llada"
+    dream = rows["argument"]
+    with safe_open(str(dream_ckpt / "model.safetensors"), "pt") as f:
+        expected = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+    assert (dream["family"], dream["dtype"], dream["context"], dream["licence"]) == (
+        "dream", "float32", 4096, "apache-2.0")
+    assert dream["params"] == expected
+    code, out, _ = run(["models"], env={"DLLM_MODEL": str(dream_ckpt)})
+    line = next(line for line in out.splitlines() if str(dream_ckpt) in line)
+    assert line.lstrip().startswith("*")
+
+
+def _prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---- dllm bench (the measurement itself is tested in test_bench.py) ---------------------------------
+
+def test_bench_passes_options_through_and_prints_json(monkeypatch, tmp_path):
+    import dllm_cli.bench as bench
+
+    seen = {}
+
+    class Report:
+        def as_dict(self):
+            return {"rows": [], "gen_length": seen["gen_length"]}
+
+    def fake_run_bench(model_path, **kwargs):
+        seen.update(kwargs, model_path=model_path)
+        return Report()
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    monkeypatch.setattr(bench, "format_report", lambda report: "TABLE\n")
+    code, out, err = run(["bench", "--model", str(tmp_path), "--gen-length", "64", "--k", "1", "--k", "3",
+                          "--json"])
+    assert code == 0, err
+    assert json.loads(out) == {"rows": [], "gen_length": 64}
+    assert seen == dict(model_path=str(tmp_path), shape=None, device="auto", dtype="auto", gen_length=64,
+                        ks=(1, 3))
+    code, out, _ = run(["bench", "--shape", "dream-7b", "--device", "cpu", "--dtype", "bfloat16"])
+    assert code == 0 and out == "TABLE\n"
+    assert (seen["model_path"], seen["shape"], seen["device"], seen["dtype"]) == (None, "dream-7b", "cpu",
+                                                                                   "bfloat16")
+
+
+@pytest.mark.parametrize("args, words", [(["--shape", "gpt-9"], "unknown --shape"),
+                                         (["--shape", "dream-7b", "--model", "x"], "not both")])
+def test_bench_usage_errors(args, words):
+    code, out, err = run(["bench", *args])
+    assert code == 2 and words in err and out == ""

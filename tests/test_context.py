@@ -1,0 +1,188 @@
+"""context.py: which files (and stdin) reach the prompt, in a temporary git repository."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+
+import pytest
+
+from dllm_cli.context import (MAX_FILE_BYTES, ContextFile, gather, is_secret, mentions, prompt_words,
+                              rank, read_stdin)
+from dllm_cli.errors import UsageError
+
+
+def words(text: str) -> int:  # a stand-in tokenizer: one token per whitespace-separated word
+    return len(text.split())
+
+
+def git(root, *args):
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    files = {
+        "src/stats.py": "def mean(xs):\n    return sum(xs) / len(xs)\n",
+        "src/pager.py": "def page_count(items, per_page):\n    return len(items) // per_page\n",
+        "docs/guide.md": "How to use the pager.\n",
+        "README.md": "A project.\n",
+        ".env": "API_TOKEN=hunter2-mean-pager\n",
+        "config/credentials.json": '{"token": "hunter2"}\n',
+        "deploy/id_rsa": "not really a key, mean pager\n",
+        "certs/server.pem": "pem mean\n",
+        ".gitignore": "build/\n",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (root / "build").mkdir()
+    (root / "build/out.py").write_text("def mean(): pass  # ignored build output\n")
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0mean")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "init")
+    return root
+
+
+def test_named_then_mentioned_then_ranked(repo):
+    ctx = gather("fix page_count in @src/pager.py rounding", ["README.md"], count_tokens=words,
+                 budget=1000, cwd=repo)
+    reasons = [(f.path, f.reason.split(" ")[0]) for f in ctx.files]
+    assert reasons[0] == ("README.md", "named")
+    assert reasons[1] == ("src/pager.py", "mentioned")
+    assert all(r == "relevant" for _, r in reasons[2:])
+    assert all(isinstance(f, ContextFile) and f.tokens > words(f.text) for f in ctx.files)
+    assert ctx.tokens == sum(f.tokens for f in ctx.files) and ctx.in_git and ctx.root == repo
+
+
+def test_ranking_prefers_path_and_identifier_matches(repo):
+    ctx = gather("make the pager handle an empty list", count_tokens=words, budget=1000, cwd=repo)
+    assert ctx.files[0].path == "src/pager.py"
+    assert "src/stats.py" not in [f.path for f in ctx.files]  # no shared word: not sent
+
+
+def test_works_from_a_subdirectory_with_relative_paths(repo):
+    ctx = gather("explain", ["stats.py"], count_tokens=words, budget=1000, cwd=repo / "src")
+    assert ctx.files[0].path == "src/stats.py" and ctx.root == repo
+
+
+def test_secrets_never_sent_even_when_named(repo):
+    named = [".env", "config/credentials.json", "deploy/id_rsa", "certs/server.pem"]
+    ctx = gather("mean pager hunter2 token api", named, count_tokens=words, budget=10_000, cwd=repo)
+    sent = "\n".join(f.text for f in ctx.files)
+    assert "hunter2" not in sent and "key" not in sent
+    assert {s.path for s in ctx.skipped if s.reason.startswith("secret")} == set(named)
+    assert not {f.path for f in ctx.files} & set(named)
+
+
+def test_private_key_content_is_a_secret_whatever_the_name(repo):
+    (repo / "notes.txt").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
+    ctx = gather("notes", ["notes.txt"], count_tokens=words, budget=1000, cwd=repo)
+    assert ctx.files == () and "private key" in ctx.skipped[0].reason
+
+
+@pytest.mark.parametrize("path, secret", [
+    (".env", True), (".env.local", True), ("app/prod.env", True), (".envrc", True),
+    ("a/b/server.key", True), ("x.pem", True), ("id_rsa", True), ("id_ed25519.pub", True),
+    (".netrc", True), ("credentials", True), ("credentials.json", True), (".npmrc", True),
+    (".pypirc", True), ("cert.p12", True), ("home/.ssh/config", True), (".aws/config", True),
+    ("src/environment.py", False), ("id_utils.py", False), ("keys.py", False), ("README.md", False),
+])
+def test_is_secret(path, secret):
+    assert is_secret(path) is secret
+
+
+def test_gitignored_binary_and_huge_files_are_not_sent(repo):
+    (repo / "big.py").write_text("mean = 1\n" * (MAX_FILE_BYTES // 8))
+    git(repo, "add", "big.py")
+    ctx = gather("mean", ["build/out.py", "logo.png", "big.py"], count_tokens=words,
+                 budget=10**7, cwd=repo)
+    why = {s.path: s.reason for s in ctx.skipped}
+    assert why["build/out.py"].startswith("ignored") and why["logo.png"].startswith("binary")
+    assert why["big.py"].startswith("huge")
+    assert "build/out.py" not in [f.path for f in ctx.files]  # not ranked either
+
+
+def test_untracked_unignored_files_are_candidates(repo):
+    (repo / "src/median.py").write_text("def median(xs):\n    return sorted(xs)[len(xs) // 2]\n")
+    ctx = gather("fix median", count_tokens=words, budget=1000, cwd=repo)
+    assert [f.path for f in ctx.files] == ["src/median.py"]
+
+
+def test_budget_named_too_big_is_an_error_ranked_is_skipped(repo):
+    with pytest.raises(UsageError, match="src/stats.py: .* tokens do not fit"):
+        gather("x", ["src/stats.py"], count_tokens=words, budget=5, cwd=repo)
+    ctx = gather("mean pager page_count", count_tokens=words, budget=16, cwd=repo)
+    assert ctx.tokens <= 16
+    assert any("over the token budget" in s.reason for s in ctx.skipped)
+
+
+def test_named_directory_expands_to_its_files(repo):
+    ctx = gather("x", ["src"], count_tokens=words, budget=1000, cwd=repo)
+    assert [f.path for f in ctx.files] == ["src/pager.py", "src/stats.py"]
+
+
+def test_paths_outside_the_repo_or_missing_or_in_git_dir(repo, tmp_path):
+    (tmp_path / "outside.py").write_text("x = 1\n")
+    with pytest.raises(UsageError, match="outside the repository"):
+        gather("x", ["../outside.py"], count_tokens=words, budget=1000, cwd=repo)
+    os.symlink(tmp_path / "outside.py", repo / "link.py")
+    with pytest.raises(UsageError, match="outside the repository"):
+        gather("x", ["link.py"], count_tokens=words, budget=1000, cwd=repo)
+    with pytest.raises(UsageError, match="no such file"):
+        gather("x", ["nope.py"], count_tokens=words, budget=1000, cwd=repo)
+    ctx = gather("x", [".git/config"], count_tokens=words, budget=1000, cwd=repo)
+    assert ctx.files == () and ".git" in ctx.skipped[0].reason
+
+
+def test_outside_git_only_named_files(tmp_path):
+    (tmp_path / "a.py").write_text("def mean(): pass\n")
+    (tmp_path / "b.py").write_text("def mean2(): pass\n")
+    ctx = gather("fix mean", ["a.py"], count_tokens=words, budget=1000, cwd=tmp_path)
+    assert not ctx.in_git and [f.path for f in ctx.files] == ["a.py"]
+
+
+def test_stdin_is_budgeted_and_kept(repo):
+    ctx = gather("fix the failing test", count_tokens=words, budget=1000, stdin_text="E assert 1 == 2\n",
+                 cwd=repo)
+    assert ctx.stdin_text == "E assert 1 == 2\n" and ctx.stdin_tokens > 0
+    with pytest.raises(UsageError, match="piped input is"):
+        gather("x", count_tokens=words, budget=3, stdin_text="many words " * 10, cwd=repo)
+
+
+class FakeStream(io.BytesIO):
+    def __init__(self, data: bytes, tty: bool) -> None:
+        super().__init__(data)
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def read(self, *args):
+        assert not self.tty, "a terminal must never be read"
+        return super().read(*args)
+
+
+def test_read_stdin_only_when_piped_and_capped():
+    assert read_stdin(FakeStream(b"typed", tty=True)) == (None, None)
+    assert read_stdin(FakeStream(b"log line\n", tty=False)) == ("log line\n", None)
+    assert read_stdin(FakeStream(b"  \n", tty=False)) == (None, None)
+    text, note = read_stdin(FakeStream(b"x" * 100, tty=False), cap=10)
+    assert text == "x" * 10 and "cut" in note
+    assert read_stdin(None) == (None, None)
+
+
+def test_mentions_and_words():
+    assert mentions("see @src/a.py, and @b/c.md.") == ["src/a.py", "b/c.md"]
+    assert mentions("mail me at x@y.com") == []
+    assert {"page", "count", "page_count", "parsearg"} <= prompt_words("fix page_count and parseArg")
+    assert "the" not in prompt_words("fix the bug")
+
+
+def test_rank_is_zero_free_and_ordered():
+    texts = {"a/pager.py": "def page(): pass", "b.py": "pager = None", "c.py": "unrelated"}
+    ranked = rank({"pager"}, texts)
+    assert [p for _, p in ranked] == ["a/pager.py", "b.py"]
