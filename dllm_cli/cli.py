@@ -135,6 +135,10 @@ def code(
                                                "and exit (loads no model).")] = False,
     commit: Annotated[bool, typer.Option("--commit", help="Commit the applied patch (message: the prompt, "
                                          "with a trailer naming the model).")] = False,
+    infill: Annotated[Optional[bool], typer.Option("--infill/--no-infill", help="Anchored infilling: "
+                      "denoise only the bodies of the stub functions the prompt names (default: when "
+                      "there are such stubs). --no-infill always asks for a chat-format edit.",
+                      show_default=False)] = None,
 ) -> None:
     """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
     ui = Ui.detect(json_out=json_out, no_live=no_live)
@@ -144,6 +148,12 @@ def code(
     model_dir(model_path)  # a missing checkpoint is reported before anything loads
     if show_context:
         return show_context_only(ui, model_path, task, paths or [], stdin_text, notes, cfg.gen_length)
+    opts = ReviewOptions(yes=yes, dry_run=dry_run, commit_message=task if commit else None,
+                         model_name=_model_name(model_path))
+    regions = infill_regions(task, paths or [], infill)
+    if regions:
+        lm = load(ui, model_path, device, dtype)
+        return infill_code(ui, lm, model_path, regions, cfg, opts)
     lm = load(ui, model_path, device, dtype)
     ctx = gather_context(lm.tokenizer, model_path, task, paths or [], stdin_text, notes,
                          cfg.gen_length)
@@ -151,8 +161,6 @@ def code(
         ui.say(f"dllm: {note}", style="yellow")
     prompt_ids = encode_prompt(lm.tokenizer, task, ctx)
     gen = generate(ui, lm, prompt_ids, cfg)
-    opts = ReviewOptions(yes=yes, dry_run=dry_run, commit_message=task if commit else None,
-                         model_name=_model_name(model_path))
     report = Report(model=opts.model_name, prompt_tokens=len(prompt_ids), gen=gen)
     with report.on_error(ui):
         outcome = review_output(gen.text, ctx.root, opts, ui)
@@ -335,8 +343,9 @@ class Generation:
         return self.gen_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def generate(ui: Ui, lm, prompt_ids: list[int], cfg) -> Generation:
-    """Denoise with the live view on stderr; decode the answer once at the end."""
+def generate(ui: Ui, lm, prompt_ids: list[int], cfg, suffix_ids: list[int] | None = None) -> Generation:
+    """Denoise with the live view on stderr; decode the answer once at the end. With
+    `suffix_ids` the canvas sits between the prompt and that fixed suffix (infilling)."""
     from .render import DenoiseView, TokenTexts
     from .sampler import cut_at_stop, denoise
 
@@ -346,7 +355,7 @@ def generate(ui: Ui, lm, prompt_ids: list[int], cfg) -> Generation:
     view = DenoiseView(ui.err, texts, lm.mask_token_id, cfg.gen_length, mode=mode)
     last = None
     with view:
-        for step in denoise(lm, prompt_ids, cfg):
+        for step in denoise(lm, prompt_ids, cfg, suffix_ids=suffix_ids):
             view.update(step)
             last = step
     assert last is not None and last.done, "denoise() ended without a done step"
@@ -354,6 +363,75 @@ def generate(ui: Ui, lm, prompt_ids: list[int], cfg) -> Generation:
     text = tok.decode(answer, skip_special=True)
     view.finish(None if ui.json else text)
     return Generation(text, len(answer), last.index + 1, last.forwards, last.elapsed)
+
+
+# ---- anchored infilling -------------------------------------------------------------------------
+
+MAX_INFILL_REGIONS = 8  # stub bodies filled in one run
+INFILL_CONTEXT_CAP = 4096  # positions around one region (prefix + canvas + suffix)
+
+
+def infill_regions(task: str, paths: list[str], wanted: bool | None) -> list:
+    """Stub-function bodies the task asks for (infill.stub_regions) in the named files, or in
+    the tracked Python files when none is named. --no-infill: none; --infill: at least one."""
+    from .context import source_files
+    from .infill import stub_regions
+
+    if wanted is False:
+        return []
+    regions = stub_regions(source_files(task, paths), task)
+    if wanted and not regions:
+        raise UsageError("--infill: no stub function (body `...`, `pass` or `raise NotImplementedError`) "
+                         "named in the prompt was found; name the function and its file, or drop --infill")
+    return regions[:MAX_INFILL_REGIONS]
+
+
+def infill_code(ui: Ui, lm, model_path: str, regions: list, cfg, opts: "ReviewOptions") -> None:
+    """Fill each region with the model (bottom-up per file), then review one patch of all files."""
+    from .edits import Edit
+
+    root = work_root()
+    context = min(context_length(read_model_config(model_dir(model_path))), INFILL_CONTEXT_CAP)
+    texts: dict[str, str] = {}
+    gens: list[Generation] = []
+    prompt_tokens = 0
+    for r in sorted(regions, key=lambda r: (r.path, -r.start)):
+        text = texts.get(r.path)
+        if text is None:
+            text = (root / r.path).read_text(encoding="utf-8").replace("\r\n", "\n")
+        new, gen, used = fill_region(ui, lm, text, r, cfg, context)
+        texts[r.path] = new
+        gens.append(gen)
+        prompt_tokens += used
+    gen = Generation("".join(g.text for g in reversed(gens)), sum(g.gen_tokens for g in gens),
+                     sum(g.steps for g in gens), sum(g.forwards for g in gens), sum(g.seconds for g in gens))
+    report = Report(model=opts.model_name, prompt_tokens=prompt_tokens, gen=gen)
+    edits = [Edit(path, None, text, "whole_file") for path, text in texts.items()]
+    with report.on_error(ui):
+        outcome = review_edits(edits, root, opts, ui)
+    report.emit(ui, outcome)
+
+
+def fill_region(ui: Ui, lm, text: str, region, cfg, context: int) -> tuple[str, Generation, int]:
+    """(the file with the region rewritten, the generation, context tokens sent)."""
+    from .infill import canvas, split
+
+    prefix, _, suffix = split(text, region.start, region.end)
+    tok = lm.tokenizer
+    try:
+        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), cfg.gen_length, context, lm.eos_token_id)
+    except ValueError:
+        raise UsageError(f"--gen-length {cfg.gen_length} leaves no room for the file around it in the "
+                         f"model's {context}-token context; lower --gen-length") from None
+    what = f"the body of {region.name}" if region.name else "the region"
+    ui.say(f"dllm: filling {what} in {region.path} (lines {region.start + 1}-{region.end}; "
+           f"{len(pre) + len(suf)} tokens of context)")
+    gen = generate(ui, lm, pre, cfg, suffix_ids=suf)
+    body = gen.text if gen.text.endswith("\n") else gen.text + "\n"
+    if not body.strip():
+        raise PatchError(f"{region.path}: the model wrote nothing for {what}; raise --gen-length, "
+                         "or try --no-infill")
+    return prefix + body + suffix, gen, len(pre) + len(suf)
 
 
 # ---- review and apply --------------------------------------------------------------------------

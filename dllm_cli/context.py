@@ -244,6 +244,35 @@ def gather(prompt: str, paths: Sequence[str] = (), *, count_tokens: Callable[[st
     return sel.context()
 
 
+def source_files(prompt: str, paths: Sequence[str] = (), *, cwd: Path | str = ".",
+                 suffixes: tuple[str, ...] = (".py",)) -> list[tuple[str, str]]:
+    """(path, text) of the files an anchored edit may rewrite, whatever their size in tokens:
+    the named `paths` and @mentions, or, when there are none, the tracked files (at most
+    MAX_RANKED_FILES / MAX_RANKED_BYTES). Only `suffixes`; secret, ignored, binary and huge
+    files are left out, as for the prompt."""
+    cwd = Path(cwd).resolve()
+    root = find_root(cwd)
+    sel = _Selection(root or cwd, root is not None, lambda text: 0, 0, [])
+    wanted = [rel for raw in paths for rel in sel.expand(cwd, raw, strict=True)]
+    wanted += [rel for raw in mentions(prompt) for rel in sel.expand(cwd, raw, strict=False)]
+    if not wanted and sel.in_git:
+        wanted = sel.listed[:MAX_RANKED_FILES]
+    out: list[tuple[str, str]] = []
+    total = 0
+    for rel in dict.fromkeys(wanted):
+        if not rel.endswith(suffixes) or is_secret(rel):
+            continue
+        if sel.in_git and rel not in sel.listed_set and is_ignored(sel.root, rel):
+            continue
+        text, _ = read_text(sel.root / rel)
+        if text is not None:
+            out.append((rel, text))
+            total += len(text)
+            if total > MAX_RANKED_BYTES:
+                break
+    return out
+
+
 class _Selection:
     """The running choice of files: what is in, what was skipped, tokens left."""
 

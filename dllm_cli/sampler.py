@@ -42,9 +42,12 @@ class DenoiseStep:
     done: bool  # True on the last event
 
 
-def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, cache_refresh: str = "delayed",
-            compile: bool = False) -> Iterator[DenoiseStep]:
+def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, suffix_ids=None,
+            cache_refresh: str = "delayed", compile: bool = False) -> Iterator[DenoiseStep]:
     """Denoise `cfg.gen_length` masks after `prompt_ids` (batch 1), yielding a DenoiseStep per step.
+
+    suffix_ids: tokens after the masks (anchored infilling, `dllm_cli.infill`): they stay fixed
+    and are attended to like the prompt; the generated region sits between the two.
 
     cache_refresh (only with cfg.cache != "none"): "delayed" writes each finished block's K/V in
     the next block's first forward (default); "block" re-runs the full canvas at every block start
@@ -56,7 +59,8 @@ def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, cache_refres
     if cache_refresh not in CACHE_REFRESH:
         raise UsageError(f"unknown cache refresh {cache_refresh!r}; choose one of {', '.join(CACHE_REFRESH)}")
     prompt = _prompt_tensor(prompt_ids, model)
-    return _steps(model, prompt, cfg, cache_refresh, compile, start)
+    suffix = _prompt_tensor(suffix_ids, model, "suffix") if suffix_ids is not None and len(suffix_ids) else None
+    return _steps(model, prompt, suffix, cfg, cache_refresh, compile, start)
 
 
 def cut_at_stop(tokens: Sequence[int], stop_token_ids) -> list[int]:
@@ -105,23 +109,26 @@ def block_steps(cfg: SamplerConfig) -> list[int]:
 
 # ---- the loop ------------------------------------------------------------------------------
 
-def _prompt_tensor(prompt_ids, model) -> torch.Tensor:
+def _prompt_tensor(prompt_ids, model, what: str = "prompt") -> torch.Tensor:
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).to(model.device)
     if ids.numel() == 0:
-        raise UsageError("the prompt is empty; give denoise() at least one token id")
+        raise UsageError(f"the {what} is empty; give denoise() at least one token id")
     if bool((ids == model.mask_token_id).any()):
-        raise UsageError(f"the prompt contains the mask token id {model.mask_token_id}; "
+        raise UsageError(f"the {what} contains the mask token id {model.mask_token_id}; "
                          "remove it (masks are for the generated region only)")
     return ids
 
 
 class _Canvas:
-    """The device canvas (1, P + gen_length) and its host copy of the generated region."""
+    """The device canvas (1, P + gen_length + S) and its host copy of the generated region."""
 
-    def __init__(self, model, prompt: torch.Tensor, gen_length: int):
+    def __init__(self, model, prompt: torch.Tensor, gen_length: int, suffix: torch.Tensor | None = None):
         self.mask, self.P, self.N = model.mask_token_id, prompt.numel(), gen_length
-        self.x = torch.full((1, self.P + gen_length), self.mask, dtype=torch.long, device=prompt.device)
+        S = 0 if suffix is None else suffix.numel()
+        self.x = torch.full((1, self.P + gen_length + S), self.mask, dtype=torch.long, device=prompt.device)
         self.x[0, :self.P] = prompt
+        if S:
+            self.x[0, self.P + gen_length:] = suffix
         self.tokens = [self.mask] * gen_length  # host copy of x[0, P:]
 
     def masked(self, bs: int, be: int) -> list[int]:
@@ -132,9 +139,9 @@ class _Canvas:
         return self.tokens.count(self.mask)
 
 
-def _steps(model, prompt, cfg: SamplerConfig, refresh: str, compile: bool,
+def _steps(model, prompt, suffix, cfg: SamplerConfig, refresh: str, compile: bool,
            start: float) -> Iterator[DenoiseStep]:
-    canvas = _Canvas(model, prompt, cfg.gen_length)
+    canvas = _Canvas(model, prompt, cfg.gen_length, suffix)
     fwd = _Forwarder(model, cfg, refresh, canvas.P, compile)
     gen = torch.Generator(device=canvas.x.device)
     if cfg.seed is not None:

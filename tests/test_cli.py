@@ -411,6 +411,62 @@ def test_interrupt_while_denoising_exits_130_tree_untouched(repo, dream_ckpt, mo
     assert snapshot(repo) == before
 
 
+# ---- anchored infilling ------------------------------------------------------------------------
+
+STUBS = 'import math\r\n\r\n\r\ndef median(xs):\r\n    """Middle value."""\r\n    ...\r\n\r\n\r\ndef norm(v):\r\n    pass\r\n'
+
+
+@pytest.fixture
+def fake_generate(monkeypatch):
+    """cli.generate replaced by a canned answer; records what the model would have seen."""
+    seen = []
+
+    def fake(ui, lm, prompt_ids, cfg, suffix_ids=None):
+        seen.append((lm.tokenizer.decode(prompt_ids), lm.tokenizer.decode(suffix_ids or [])))
+        return cli.Generation("    return sorted(xs)[len(xs) // 2]\n", 12, 3, 3, 0.1)
+
+    monkeypatch.setattr(cli, "generate", fake)
+    return seen
+
+
+def test_infill_rewrites_only_the_named_stub_and_undo_restores(repo, dream_ckpt, fake_generate):
+    (repo / "src/median.py").write_bytes(STUBS.encode())
+    before = snapshot(repo)
+    code, out, err = run(["code", "--yes", "--json", "--model", str(dream_ckpt), "implement median"])
+    assert code == 0, err
+    want = STUBS.replace("    ...\r\n", "    return sorted(xs)[len(xs) // 2]\r\n")
+    assert (repo / "src/median.py").read_bytes() == want.encode()        # CRLF kept, rest exact
+    (prefix, suffix), = fake_generate                                      # one region, found unnamed
+    assert prefix.endswith('"""Middle value."""\n') and suffix.startswith("\n\ndef norm(v):")
+    data = json.loads(out)
+    assert data["applied"] and data["files"] == ["src/median.py"] and data["gen_tokens"] == 12
+    assert "filling the body of median in src/median.py" in err
+    assert run(["undo"])[0] == 0 and snapshot(repo) == before
+
+
+def test_infill_options(repo, dream_ckpt, fake_generate):
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    code, out, err = run(["code", "--dry-run", "--model", str(dream_ckpt), "fill in the stubs",
+                          "src/median.py"])
+    assert code == 0 and len(fake_generate) == 2, err                      # median and norm
+    assert out.count("+    return sorted") == 2 and "-    pass" in out
+    fake_generate.clear()
+    code, _, err = run(["code", "--no-infill", "--model", str(dream_ckpt), "implement median"])
+    assert code == 3 and NO_EDIT.search(err) and fake_generate[0][1] == ""   # chat format, no suffix
+    code, _, err = run(["code", "--infill", "--model", str(dream_ckpt), "implement mean"])
+    assert code == 2 and "--infill: no stub function" in err
+
+
+def test_infill_with_a_real_tiny_checkpoint(repo, dream_ckpt):
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    before = snapshot(repo)
+    code, out, err = run(["code", "--json", "--dry-run", "--model", str(dream_ckpt), "--gen-length", "32",
+                          "implement median"])
+    data = json.loads(out)
+    assert code in (0, 3) and data["exit_code"] == code, err               # random weights: any text
+    assert data["steps"] >= 1 and data["prompt_tokens"] > 10 and snapshot(repo) == before
+
+
 # ---- dllm models ------------------------------------------------------------------------------------
 
 def test_models_describes_local_checkpoints(repo, dream_ckpt, llada_ckpt, tmp_path, monkeypatch):

@@ -336,3 +336,51 @@ def test_cuda_compile_matches_eager(llada_ckpt):
     cfg = SamplerConfig(gen_length=32, block_length=8)
     assert final(model, cfg, prompt, compile=True) == final(model, cfg, prompt)
     assert final(model, cfg.with_(**PLAIN), prompt) == llada_oracle(model, cfg.with_(**PLAIN), prompt)
+
+
+# ---- anchored infilling: a fixed suffix after the masks -------------------------------------
+
+SUFFIX = [13, 17, 19, 23]
+
+
+def infill_reference(model, prompt, n, suffix):
+    """A plain loop over the whole canvas prompt + n masks + suffix: one most-confident token per
+    step (LLaDA low_confidence, one block), written independently of sampler.py."""
+    mask = model.mask_token_id
+    x = torch.tensor([list(prompt) + [mask] * n + list(suffix)])
+    for _ in range(n):
+        logits = model.logits(x)[0].float()
+        pick = logits.clone()
+        pick[:, mask] = -torch.inf
+        x0 = pick.argmax(-1)
+        conf = torch.softmax(logits, -1).gather(-1, x0[:, None])[:, 0]
+        conf[x[0] != mask] = -torch.inf
+        j = int(conf.argmax())
+        x[0, j] = x0[j]
+    assert x[0, len(prompt) + n:].tolist() == list(suffix)
+    return x[0, len(prompt):len(prompt) + n].tolist()
+
+
+@pytest.mark.parametrize("mock", MOCKS)
+def test_infill_with_a_suffix_matches_a_plain_loop(mock):
+    model = MOCKS[mock]
+    cfg = SamplerConfig(gen_length=12, steps=12, block_length=None, **PLAIN)
+    model.calls.clear()
+    assert final(model, cfg, suffix_ids=SUFFIX) == infill_reference(model, PROMPT, 12, SUFFIX)
+    assert all(c[1] == len(PROMPT) + 12 + len(SUFFIX) for c in model.calls)  # the suffix is seen
+
+
+@pytest.mark.parametrize("layout", ["dream", "llada"])
+def test_infill_on_tiny_checkpoints_plain_and_cached(tiny_models, layout):
+    model = tiny_models[layout]
+    prompt = model.tokenizer.encode("def mean(numbers):\n")
+    suffix = model.tokenizer.encode("\n\ndef median(numbers):\n    pass\n")
+    cfg = SamplerConfig(gen_length=16, steps=16, block_length=None, **PLAIN)
+    want = infill_reference(model, prompt, 16, suffix)
+    assert final(model, cfg, prompt, suffix_ids=suffix) == want
+    blocks = cfg.with_(block_length=8)
+    ref = final(model, blocks, prompt, suffix_ids=suffix)
+    for mode in ("prefix", "dual"):
+        assert final(model, blocks.with_(cache=mode), prompt, suffix_ids=suffix, cache_refresh="step") == ref
+    with pytest.raises(UsageError, match="suffix contains the mask"):
+        run(model, cfg, prompt, suffix_ids=[model.mask_token_id])

@@ -31,10 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, default=Path("data/corpus"))
     c.add_argument("--heldout-percent", type=float, default=2.0)
     c.add_argument("--max-bytes-per-package", type=int, default=4_000_000)
+    c.add_argument("--site", type=Path, action="append", default=None,
+                   help="a site-packages folder to read (repeatable; default: this interpreter's)")
     t = sub.add_parser("train-tokenizer", help="byte-level BPE on the training files")
     t.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     t.add_argument("--out", type=Path, default=Path("data/tokenizer"))
-    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--vocab-size", type=int, default=1024)
     t.add_argument("--every", type=int, default=3, help="train on every N-th file")
     d = sub.add_parser("prepare", help="tokenize the corpus and synthesise SFT samples")
     d.add_argument("--corpus", type=Path, default=Path("data/corpus"))
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m dllm_cli.train " + shlex.join(sys.argv[1:] if argv is None else argv)
     if args.cmd == "build-corpus":
         from dllm_cli.train.corpus import build_corpus
-        m = build_corpus(args.out, heldout_percent=args.heldout_percent,
+        m = build_corpus(args.out, site=args.site, heldout_percent=args.heldout_percent,
                          max_bytes_per_package=args.max_bytes_per_package)
         print(json.dumps(m.counts))
     elif args.cmd == "train-tokenizer":

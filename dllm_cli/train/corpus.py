@@ -115,14 +115,19 @@ def stdlib_docs(stdlib: Path) -> Iterator[Doc]:
             yield Doc("stdlib", "python", rel.as_posix(), text)
 
 
-def package_docs(site: Path, manifest: Manifest, max_bytes_per_package: int) -> Iterator[Doc]:
-    """Python files of every permissively licensed distribution in `site` (capped per package)."""
+def package_docs(site: Path, manifest: Manifest, max_bytes_per_package: int,
+                 seen: set[str] | None = None) -> Iterator[Doc]:
+    """Python files of every permissively licensed distribution in `site` (capped per package);
+    distributions whose normalised name is in `seen` are skipped (and new ones added to it)."""
+    seen = set() if seen is None else seen
     dists = sorted(metadata.distributions(path=[str(site)]), key=lambda d: (d.metadata["Name"] or "").lower())
     for dist in dists:
         name, version = dist.metadata["Name"] or "?", dist.version
-        licence = licence_of(dist.metadata)
-        if name.lower().replace("_", "-") in SKIP_PACKAGES:
+        key = name.lower().replace("_", "-")
+        if key in SKIP_PACKAGES or key in seen:
             continue
+        seen.add(key)
+        licence = licence_of(dist.metadata)
         if not is_permissive(licence):
             manifest.rejected.append({"name": name, "version": version, "licence": licence,
                                       "reason": "licence not in the permissive allow-list"})
@@ -179,17 +184,22 @@ def default_roots() -> tuple[Path, Path]:
     return Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])
 
 
-def build_corpus(out: Path, stdlib: Path | None = None, site: Path | None = None,
+def build_corpus(out: Path, stdlib: Path | None = None, site: Path | list[Path] | None = None,
                  heldout_percent: float = 2.0, max_bytes_per_package: int = 4_000_000) -> Manifest:
+    """`site`: one or more site-packages folders (a distribution found in several is read once,
+    from the first folder that has it)."""
     d_std, d_site = default_roots()
-    stdlib, site = stdlib or d_std, site or d_site
+    stdlib = stdlib or d_std
+    sites = [site] if isinstance(site, Path) else list(site or [d_site])
     manifest = Manifest()
     manifest.packages.append({"name": "python-stdlib", "version": sys.version.split()[0],
                               "licence": "PSF-2.0", "files": 0, "bytes": 0})
 
     def all_docs() -> Iterator[Doc]:
         yield from stdlib_docs(stdlib)
-        yield from package_docs(site, manifest, max_bytes_per_package)
+        seen: set[str] = set()
+        for s in sites:
+            yield from package_docs(s, manifest, max_bytes_per_package, seen)
 
     train, heldout = dedup_and_split(all_docs(), heldout_percent, manifest)
     std = [d for d in train + heldout if d.source == "stdlib"]
@@ -201,7 +211,8 @@ def build_corpus(out: Path, stdlib: Path | None = None, site: Path | None = None
                 fh.write(json.dumps(d.as_dict()) + "\n")
     (out / "manifest.json").write_text(json.dumps(
         {"packages": manifest.packages, "rejected": manifest.rejected, "counts": manifest.counts,
-         "heldout_percent": heldout_percent, "max_bytes_per_package": max_bytes_per_package},
+         "heldout_percent": heldout_percent, "max_bytes_per_package": max_bytes_per_package,
+         "python": sys.version.split()[0]},
         indent=1))
     return manifest
 

@@ -5,19 +5,21 @@ Knows: how to find functions in a Python file (ast), how to stub one (signature 
 `dllm_cli.prompt` (build_messages, search_replace) so the model learns what the CLI sends.
 Must not: import torch, tokenize (callers render with the chat template and tokenize).
 
-Two kinds of sample:
+Chat samples (system + user → a SEARCH/REPLACE answer):
   implement  the file shows `def f(...):` + docstring + `...`; task "implement f"; the answer replaces
              the stub's tail with the body.
   add        the file lacks `f`; task "add a function f that <docstring summary>"; the answer
              inserts `f` after an anchor line.
+Infill samples (raw file text, `dllm_cli.infill` layout): a function body or a short run of lines
+is the region the model rewrites; the rest of the file is the context around it.
 """
 
 from __future__ import annotations
 
-import ast
 import random
 from dataclasses import dataclass
 
+from dllm_cli.infill import Func, functions, split
 from dllm_cli.prompt import Message, build_messages, search_replace
 
 
@@ -33,40 +35,6 @@ class Sample:
     messages: list[Message]   # system + user, as `dllm code` builds them
     answer: str               # the assistant's text (SEARCH/REPLACE edits)
     name: str                 # the function's name
-
-
-@dataclass(frozen=True)
-class Func:
-    name: str
-    start: int        # 0-based first line (decorators included)
-    body_start: int   # 0-based first line of the body proper (after the docstring)
-    end: int          # 0-based exclusive end line
-    indent: str       # the body's indentation
-    doc: str | None   # docstring
-
-
-def functions(text: str) -> list[Func]:
-    """Functions and methods whose body (after the docstring) is on its own lines."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return []
-    lines = text.splitlines()
-    out = []
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.body:
-            continue
-        doc = ast.get_docstring(node)
-        body = node.body[1:] if doc is not None else node.body
-        if not body or body[0].lineno <= node.lineno:  # one-liners: skip
-            continue
-        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
-        first = body[0].lineno - 1
-        if first >= len(lines) or node.end_lineno is None:
-            continue
-        line = lines[first]
-        out.append(Func(node.name, start, first, node.end_lineno, line[: len(line) - len(line.lstrip())], doc))
-    return sorted(out, key=lambda f: f.start)
 
 
 def _join(lines: list[str]) -> str:
@@ -135,7 +103,7 @@ def add_sample(path: str, text: str, f: Func, rng: random.Random, budget_chars: 
     return Sample("add", msgs, search_replace(path, anchor, replace), f.name)
 
 
-def samples_from_file(path: str, text: str, rng: random.Random, budget_chars: int = 600,
+def samples_from_file(path: str, text: str, rng: random.Random, budget_chars: int = 350,
                       max_answer_chars: int = 600, per_file: int = 4) -> list[Sample]:
     """Up to `per_file` samples of both kinds for short functions of one file."""
     funcs = [f for f in functions(text)
@@ -149,4 +117,35 @@ def samples_from_file(path: str, text: str, rng: random.Random, budget_chars: in
             out.append(s)
         if len(out) >= per_file:
             break
+    return out
+
+
+@dataclass(frozen=True)
+class Infill:
+    """A region of a file to rewrite: prefix + region + suffix == the file."""
+
+    kind: str     # "body" | "lines"
+    prefix: str
+    region: str   # whole lines
+    suffix: str
+
+
+def infill_samples(text: str, rng: random.Random, per_file: int = 4,
+                   max_region_chars: int = 400) -> list[Infill]:
+    """Function bodies and runs of 1-8 lines (starting on a non-blank line) of one file."""
+    lines = text.splitlines(keepends=True)
+    out: list[Infill] = []
+    funcs = [f for f in functions(text)
+             if 0 < sum(len(x) for x in lines[f.body_start:f.end]) <= max_region_chars]
+    rng.shuffle(funcs)
+    for f in funcs[: (per_file + 1) // 2]:
+        out.append(Infill("body", *split(text, f.body_start, f.end)))
+    starts = [i for i, ln in enumerate(lines) if ln.strip()]
+    for _ in range(per_file - len(out)):
+        if not starts:
+            break
+        a = rng.choice(starts)
+        b = min(len(lines), a + rng.randint(1, 8))
+        if sum(len(x) for x in lines[a:b]) <= max_region_chars:
+            out.append(Infill("lines", *split(text, a, b)))
     return out

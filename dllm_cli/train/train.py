@@ -32,7 +32,8 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     seq_len: int = 512
     batch_size: int = 8
-    sft_ratio: float = 0.25     # share of rows that are SFT samples
+    sft_ratio: float = 0.125    # share of rows that are chat (SEARCH/REPLACE) samples
+    infill_ratio: float = 0.25  # share of rows that are infill samples
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -49,12 +50,14 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # Used for the shipped weights: 2 CPU cores, about an hour.
-    "cpu-mini": TrainConfig(ModelConfig(hidden_size=192, intermediate_size=512, num_hidden_layers=6,
-                                        num_attention_heads=3, num_key_value_heads=1),
-                            seq_len=512, batch_size=8, lr=2e-3, max_steps=100_000, time_budget_s=3900),
+    # Used for the shipped weights: 2 CPU cores, a few hours (--time-budget sets the length).
+    "cpu-mini": TrainConfig(ModelConfig(vocab_size=1024, hidden_size=256, intermediate_size=704,
+                                        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=512),
+                            seq_len=512, batch_size=8, lr=2e-3, warmup_steps=200, max_steps=1_000_000,
+                            time_budget_s=14400, eval_every=250),
     # For one GPU (about an hour on an H100 with bf16 autocast); not used for the shipped weights.
-    "gpu-small": TrainConfig(ModelConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+    "gpu-small": TrainConfig(ModelConfig(vocab_size=1024, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
                                          num_attention_heads=8, num_key_value_heads=2),
                              seq_len=1024, batch_size=64, lr=1e-3, warmup_steps=500, max_steps=20000,
                              eval_every=500, device="cuda", autocast_bf16=True),
@@ -77,18 +80,25 @@ def lr_at(step: int, cfg: TrainConfig, elapsed: float | None = None) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def make_batch(gen: np.random.Generator, stream: np.ndarray, sft: SFTSet | None, cfg: TrainConfig):
-    """ids (B, T) int64 and eligible (B, T) bool: which positions may be masked."""
+def make_batch(gen: np.random.Generator, stream: np.ndarray, sft: SFTSet | None, cfg: TrainConfig,
+               infill: SFTSet | None = None):
+    """ids (B, T) int64 and eligible (B, T) bool: which positions may be masked. Rows: packed
+    pre-training text, then chat samples, then infill samples (their region only is eligible)."""
     B, T = cfg.batch_size, cfg.seq_len
-    n_sft = int(round(B * cfg.sft_ratio)) if sft is not None and len(sft.ids) else 0
+    sets = [(s, int(round(B * ratio))) for s, ratio in ((sft, cfg.sft_ratio), (infill, cfg.infill_ratio))
+            if s is not None and len(s.ids)]
     ids = np.empty((B, T), dtype=np.int64)
     eligible = np.ones((B, T), dtype=bool)
-    starts = gen.integers(0, stream.size - T, size=B - n_sft)
-    for r, s in enumerate(starts):
+    n_plain = B - sum(n for _, n in sets)
+    for r, s in enumerate(gen.integers(0, stream.size - T, size=n_plain)):
         ids[r] = stream[s:s + T]
-    for r, j in enumerate(gen.integers(0, len(sft.ids), size=n_sft) if n_sft else [], start=B - n_sft):
-        ids[r] = sft.ids[j, :T]
-        eligible[r, :sft.prompt_len[j]] = False   # the prompt stays clean
+    r = n_plain
+    for s, n in sets:
+        for j in gen.integers(0, len(s.ids), size=n):
+            ids[r] = s.ids[j, :T]
+            eligible[r] = False
+            eligible[r, s.start[j]:min(T, s.end[j])] = True   # the context stays clean
+            r += 1
     eligible[:, 0] = False  # Dream shift: nothing scores position 0
     return torch.from_numpy(ids), torch.from_numpy(eligible)
 
@@ -177,6 +187,7 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
     mask_id, eos_id = special_ids(tokenizer_dir)
     stream = np.load(data_dir / "train_tokens.npy")
     sft = load_sft(data_dir / "sft_train.npz") if cfg.sft_ratio > 0 else None
+    infill = load_sft(data_dir / "infill_train.npz") if cfg.infill_ratio > 0 else None
     eval_rows = heldout_rows(np.load(data_dir / "heldout_tokens.npy"), cfg.seq_len, 32)
     dev = torch.device(cfg.device)
     model = DreamLM(cfg.model).to(dev)
@@ -184,7 +195,8 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
     opt = make_optimizer(model, cfg)
     gen_np, gen_t = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     log(event="start", command=command, config=asdict(cfg), n_params=model.n_params(),
-        train_tokens=int(stream.size), sft_samples=0 if sft is None else len(sft.ids))
+        train_tokens=int(stream.size), sft_samples=0 if sft is None else len(sft.ids),
+        infill_samples=0 if infill is None else len(infill.ids))
     ckpt = run_dir / "checkpoint"
     t0 = last_save = time.time()
     step = 0
@@ -193,7 +205,7 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
         lr = lr_at(step, cfg, elapsed)
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, eligible = make_batch(gen_np, stream, sft, cfg)
+        ids, eligible = make_batch(gen_np, stream, sft, cfg, infill)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
             loss, stats = diffusion_loss(model, ids.to(dev), eligible, mask_id, gen_t)
         opt.zero_grad(set_to_none=True)
