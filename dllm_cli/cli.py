@@ -120,7 +120,8 @@ def code(
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (an upper bound with "
                                                  "--threshold).", show_default="gen-length")] = None,
     block_length: Annotated[Optional[int], typer.Option(help="Semi-autoregressive block size; 0: "
-                                                        "one block.", show_default="32")] = None,
+                                                        "one block.", show_default="32, or a divisor "
+                                                        "of --gen-length")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 is greedy.", show_default="0")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Commit every token at least this "
                          "confident each step; 0: a fixed schedule.", show_default="0.9")] = None,
@@ -185,12 +186,14 @@ def read_task(prompt: str) -> tuple[str, str | None, list[str]]:
 
 def sampler_config(gen_length, steps, block_length, temperature, threshold, seed, alg):
     """SamplerConfig() (fast mode) with the options given; 0 turns block/threshold off."""
-    from .config import SamplerConfig
+    from .config import SamplerConfig, fitting_block
 
     changes = {k: v for k, v in dict(gen_length=gen_length, steps=steps, temperature=temperature,
                                       seed=seed, alg=alg).items() if v is not None}
     if block_length is not None:
         changes["block_length"] = block_length or None
+    elif gen_length is not None:
+        changes["block_length"] = fitting_block(gen_length)  # no block asked for: one that divides
     if threshold is not None:
         changes["threshold"] = threshold or None
     return SamplerConfig().with_(**changes)

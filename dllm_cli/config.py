@@ -17,6 +17,7 @@ from .errors import UsageError
 LLADA_ALGS = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 CACHE_MODES = ("none", "prefix", "dual")
+DEFAULT_BLOCK = 32  # Fast-dLLM's best trade-off
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class SamplerConfig:
 
     gen_length: int = 128
     steps: int | None = None  # None: gen_length (one token per step at most)
-    block_length: int | None = 32  # None: the whole canvas is one block
+    block_length: int | None = DEFAULT_BLOCK  # None: the whole canvas is one block
     alg: str = "low_confidence"
     temperature: float = 0.0
     top_p: float | None = None
@@ -104,6 +105,15 @@ class SamplerConfig:
         """The official loop: one token per step, the full canvas every step, no cache."""
         return cls(gen_length=gen_length, steps=gen_length, block_length=block_length, alg=alg,
                    threshold=None, cache="none", early_stop=False)
+
+
+def fitting_block(gen_length: int, preferred: int = DEFAULT_BLOCK) -> int | None:
+    """The block length to use when none was asked for: `preferred` when it divides
+    gen_length, else the largest divisor below it if that is at least 8, else one block."""
+    for b in range(min(preferred, gen_length), 7, -1):
+        if gen_length % b == 0:
+            return b
+    return None
 
 
 def _check(ok: bool, message: str) -> None:

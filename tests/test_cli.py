@@ -146,7 +146,7 @@ def test_secrets_never_reach_the_encoded_prompt(repo, dream_ckpt):
     (["frobnicate"], "No such command"),
     (["code", "x", "--gen-length", "many"], "--gen-length"),
     (["code", "x", "--alg", "greedy"], "unknown --alg"),
-    (["code", "x", "--gen-length", "100"], "multiple of --block-length"),
+    (["code", "x", "--gen-length", "100", "--block-length", "32"], "multiple of --block-length"),
     (["code", "   "], "PROMPT is empty"),
     (["code", "-"], "nothing was piped"),
 ])

@@ -57,3 +57,12 @@ def test_broken_user_config_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UsageError, match="config.json"):
         user_settings()
+
+
+def test_fitting_block_divides_the_canvas():
+    from dllm_cli.cli import sampler_config
+    from dllm_cli.config import fitting_block
+    assert [fitting_block(n) for n in (128, 100, 24, 7, 127, 18)] == [32, 25, 24, None, None, 18]
+    assert sampler_config(100, None, None, None, None, None, None).block_length == 25
+    assert sampler_config(None, None, None, None, None, None, None).block_length == 32
+    assert sampler_config(64, None, 0, None, None, None, None).block_length is None

@@ -256,3 +256,27 @@ def test_line_cases_mask_exactly_one_line(tok_dir):
         text = backend.decode([ids[p] for p in pos])
         assert "\n" not in text and text.strip() and text.strip() in CODE[0]
         assert pos == list(range(pos[0], pos[-1] + 1))
+
+
+def test_ngram_baseline_and_bits_per_char():
+    pattern = [5, 6, 7, 8, 9]
+    rows = torch.tensor([pattern * 8, pattern[2:] + pattern * 7 + pattern[:2]])
+    assert evaluate.ngram_top1(pattern * 50, rows) == 1.0            # a periodic text is a lookup
+    assert evaluate.ngram_top1([4] * 50, rows) == 0.0                # a table of other tokens
+    chars = torch.tensor([0, 0, 0, 0, 1, 2, 2, 2, 2, 2])
+    res = evaluate.masked_top1(_Oracle(rows), rows, chars=chars)
+    assert res["masked_top1_15"] == 1.0 and 0 < res["masked_bits_per_char"] < 0.1  # confident and right
+
+
+def test_infill_eval_on_a_tiny_checkpoint(dream_ckpt):
+    from dllm_cli.checkpoint import load_model
+    model = load_model(str(dream_ckpt))
+    docs = [{"path": "m.py", "text": CODE[1]}]
+    cases = evaluate.infill_cases(docs, 5, seed=0)
+    assert {c[3] for c in cases} == {"mean", "clamp"}
+    for prefix, body, suffix, _ in cases:
+        assert prefix + body + suffix == CODE[1] and prefix.rstrip().endswith('"""')
+    res = evaluate.infill_compiles(model, cases, gen_length=32, context=128)
+    assert res["bodies"] == 2 and 0 <= res["body_compiles"] <= res["body_compiles_any"] <= 1
+    assert evaluate.is_stub_body("    pass\n") and evaluate.is_stub_body("    # later\n    ...\n")
+    assert not evaluate.is_stub_body("    return 1\n")

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     e.add_argument("--max-files", type=int, default=None)
     e.add_argument("--n-infill", type=int, default=200)
-    e.add_argument("--n-bodies", type=int, default=60)
+    e.add_argument("--n-bodies", type=int, default=100, help="stubbed functions for the infill measure")
+    e.add_argument("--n-chat", type=int, default=30, help="stubbed functions asked for in the chat format")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "eval":
         from dllm_cli.train.evaluate import run_eval
         figures = run_eval(args.model, args.corpus, n_infill=args.n_infill, n_bodies=args.n_bodies,
-                           seed=args.seed, max_files=args.max_files)
+                           n_chat=args.n_chat, seed=args.seed, max_files=args.max_files)
         figures["command"] = command
         text = json.dumps(figures, indent=1)
         print(text)

@@ -1,19 +1,27 @@
 """Evaluation of a checkpoint on held-out files: what the model card reports.
 
-Knows three measures, all on files the model never trained on (corpus heldout.jsonl):
+Knows these measures, all on files the model never trained on (corpus heldout.jsonl):
   masked_top1_15   pack held-out files into 512-token rows, mask 15% of positions (fixed seed),
-                   one forward, share of masked tokens whose argmax is right;
+                   one forward, share of masked tokens whose argmax is right; next to it
+                   `ngram_top1_15`, a count table (left/right neighbour → token) built from
+                   training files and scored on the same masks, and `masked_bits_per_char`
+                   (cross-entropy per character of the masked tokens: comparable across tokenizers);
   infill_exact     mask the tokens of one line (the known number of tokens), fill them with a
                    greedy most-confident-first loop, share of lines reproduced exactly;
-  body_compiles    ask for a stubbed function in the `dllm code` format, denoise the answer with
-                   `dllm_cli.sampler.denoise`, parse it with `dllm_cli.edits.parse`, and
-                   `compile()` the resulting function (never executed).
+  body_compiles    the `dllm code` infill path on stubbed held-out functions: the body region
+                   becomes a canvas of masks between the file's prefix and suffix
+                   (`dllm_cli.infill.canvas`), denoised with the default sampler; the share of
+                   files that `compile()` with the generated body and whose body is not itself a
+                   stub (`pass`, `...`); never executed;
+  chat_body_compiles  the same functions asked for in the chat edit format (SEARCH/REPLACE),
+                   parsed with `dllm_cli.edits.parse`, the rebuilt function compiled.
 The model is loaded through `dllm_cli.checkpoint.load_model`, the path users take.
 Must not: exec or import generated code, train.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import textwrap
 import time
@@ -21,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from dllm_cli.infill import STUB_LINES, canvas, functions, split
 from dllm_cli.train.corpus import read_docs
-from dllm_cli.train.synth import functions, implement_sample
+from dllm_cli.train.synth import implement_sample
 
 
 def pack_rows(tok, docs: list[dict], seq_len: int) -> torch.Tensor:
@@ -34,20 +43,76 @@ def pack_rows(tok, docs: list[dict], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-@torch.no_grad()
-def masked_top1(model, rows: torch.Tensor, ratio: float = 0.15, seed: int = 0, batch: int = 8) -> dict:
-    """Top-1 accuracy on masked positions (position 0 is never masked: Dream scores it by shift)."""
-    gen = torch.Generator().manual_seed(seed)
-    masked = torch.rand(rows.shape, generator=gen) < ratio
+def fixed_mask(rows: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """The positions masked for the top-1 measure (position 0 never: Dream scores it by shift)."""
+    masked = torch.rand(rows.shape, generator=torch.Generator().manual_seed(seed)) < ratio
     masked[:, 0] = False
+    return masked
+
+
+@torch.no_grad()
+def masked_top1(model, rows: torch.Tensor, ratio: float = 0.15, seed: int = 0, batch: int = 8,
+                chars: torch.Tensor | None = None) -> dict:
+    """Top-1 accuracy on masked positions; with `chars` ((V,) characters per token id) also the
+    cross-entropy in bits per character of the masked tokens."""
+    masked = fixed_mask(rows, ratio, seed)
     noisy = torch.where(masked, torch.full_like(rows, model.mask_token_id), rows)
     hit = total = 0
+    nats = 0.0
     for k in range(0, rows.shape[0], batch):
         logits = model.logits(noisy[k:k + batch])          # (b, T, V) aligned
         m = masked[k:k + batch]
-        hit += (logits.argmax(-1)[m] == rows[k:k + batch][m]).sum().item()
+        target = rows[k:k + batch][m]
+        hit += (logits.argmax(-1)[m] == target).sum().item()
+        nats += torch.nn.functional.cross_entropy(logits[m].float(), target, reduction="sum").item()
         total += int(m.sum())
-    return {"masked_top1_15": hit / max(1, total), "masked_tokens": total, "rows": int(rows.shape[0])}
+    out = {"masked_top1_15": hit / max(1, total), "masked_tokens": total, "rows": int(rows.shape[0])}
+    if chars is not None:
+        n_chars = int(chars[rows[masked]].sum())
+        out["masked_bits_per_char"] = nats / math.log(2) / max(1, n_chars)
+    return out
+
+
+def ngram_top1(train_ids: list[int], rows: torch.Tensor, ratio: float = 0.15, seed: int = 0) -> float:
+    """A count-table baseline on the same masks: the most frequent token between the two
+    unmasked neighbours (else after the left one, else before the right one, else overall)."""
+    import numpy as np
+    tr = np.asarray(train_ids, dtype=np.int64)
+    V = int(max(tr.max(initial=0), int(rows.max())) + 1)
+
+    def table(keys, vals, n_keys):
+        u, cnt = np.unique(keys * V + vals, return_counts=True)
+        order = np.lexsort((-cnt, u // V))
+        k, v = (u // V)[order], (u % V)[order]
+        first = np.r_[True, k[1:] != k[:-1]]
+        best = np.full(n_keys, -1, dtype=np.int64)
+        best[k[first]] = v[first]
+        return best
+
+    both = table(tr[:-2] * V + tr[2:], tr[1:-1], V * V)
+    after, before = table(tr[:-1], tr[1:], V), table(tr[1:], tr[:-1], V)
+    unigram = int(np.bincount(tr, minlength=V).argmax())
+    x, m = rows.numpy(), fixed_mask(rows, ratio, seed).numpy()
+    hit = total = 0
+    for r in range(x.shape[0]):
+        for i in np.nonzero(m[r])[0]:
+            left = x[r, i - 1] if i > 0 and not m[r, i - 1] else None
+            right = x[r, i + 1] if i + 1 < x.shape[1] and not m[r, i + 1] else None
+            guess = -1
+            if left is not None and right is not None:
+                guess = both[left * V + right]
+            if guess < 0 and left is not None:
+                guess = after[left]
+            if guess < 0 and right is not None:
+                guess = before[right]
+            hit += int((unigram if guess < 0 else guess) == x[r, i])
+            total += 1
+    return hit / max(1, total)
+
+
+def chars_per_token(tok, vocab_size: int) -> torch.Tensor:
+    """(V,) characters each token id decodes to (special tokens count 0)."""
+    return torch.tensor([0 if i in tok.special_ids else len(tok.decode([i])) for i in range(vocab_size)])
 
 
 @torch.no_grad()
@@ -139,6 +204,54 @@ def compiled_function(answer: str, head: list[str]) -> tuple[bool, bool]:
     return True, True
 
 
+def is_stub_body(body: str) -> bool:
+    code = [ln.strip() for ln in body.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return not code or all(ln in STUB_LINES for ln in code)
+
+
+def infill_cases(docs: list[dict], n: int, seed: int, max_chars: int = 300) -> list[tuple[str, str, str, str]]:
+    """(prefix, original body, suffix, name) for held-out functions of at most `max_chars`."""
+    rng = random.Random(seed)
+    out = []
+    for d in docs:
+        lines = d["text"].splitlines(keepends=True)
+        for f in functions(d["text"]):
+            if sum(len(x) for x in lines[f.start:f.end]) <= max_chars:
+                out.append((*split(d["text"], f.body_start, f.end), f.name))
+    rng.shuffle(out)
+    return out[:n]
+
+
+def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context: int = 512) -> dict:
+    """`dllm code`'s infill path on each case; the patched file must compile."""
+    from dllm_cli.config import SamplerConfig
+    from dllm_cli.sampler import cut_at_stop, denoise
+    cfg = SamplerConfig(gen_length=gen_length, seed=seed)   # dllm's default (fast) recipe
+    tok = model.tokenizer
+    ok = raw = exact = 0
+    examples = []
+    for prefix, body, suffix, name in cases:
+        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), gen_length, context, model.eos_token_id)
+        last = None
+        for last in denoise(model, pre, cfg, suffix_ids=suf):
+            pass
+        text = tok.decode(cut_at_stop(last.tokens, model.stop_token_ids), skip_special=True)
+        new = text if text.endswith("\n") else text + "\n"
+        try:
+            compile(prefix + new + suffix, "<generated>", "exec", dont_inherit=True)  # never run
+            compiles = True
+        except (SyntaxError, ValueError):
+            compiles = False
+        raw += compiles
+        ok += compiles and not is_stub_body(new)
+        exact += new.strip() == body.strip()
+        if len(examples) < 5:
+            examples.append({"function": name, "generated": new, "original": body, "compiles": compiles})
+    n = max(1, len(cases))
+    return {"body_compiles": ok / n, "body_compiles_any": raw / n, "body_exact": exact / n,
+            "bodies": len(cases), "body_examples": examples}
+
+
 def body_compiles(model, cases, gen_length: int = 128, seed: int = 0) -> dict:
     from dllm_cli.config import SamplerConfig
     from dllm_cli.sampler import cut_at_stop, denoise
@@ -157,11 +270,15 @@ def body_compiles(model, cases, gen_length: int = 128, seed: int = 0) -> dict:
         if len(examples) < 3:
             examples.append({"task": s.messages[-1].content.splitlines()[-1], "answer": text})
     n = max(1, len(cases))
-    return {"body_compiles": ok / n, "answer_format_ok": fmt / n, "bodies": len(cases), "examples": examples}
+    return {"chat_body_compiles": ok / n, "chat_answer_format_ok": fmt / n, "chat_bodies": len(cases),
+            "chat_examples": examples}
 
 
-def run_eval(model_dir: Path, corpus: Path, n_infill: int = 200, n_bodies: int = 60, seed: int = 0,
-             max_files: int | None = None, seq_len: int = 512) -> dict:
+def run_eval(model_dir: Path, corpus: Path, n_infill: int = 200, n_bodies: int = 100, seed: int = 0,
+             max_files: int | None = None, seq_len: int = 512, n_chat: int = 30,
+             ngram_files: int = 3000) -> dict:
+    """Every measure on the held-out files of `corpus` (`ngram_files` training files feed the
+    count-table baseline)."""
     from dllm_cli.checkpoint import load_model
     torch.manual_seed(seed)
     model = load_model(str(model_dir))
@@ -169,10 +286,15 @@ def run_eval(model_dir: Path, corpus: Path, n_infill: int = 200, n_bodies: int =
     tok = model.tokenizer
     t0 = time.time()
     res = {"model": str(model_dir), "heldout_files": len(docs), "seed": seed}
-    res.update(masked_top1(model, pack_rows(tok, docs, seq_len), seed=seed))
+    rows = pack_rows(tok, docs, seq_len)
+    res.update(masked_top1(model, rows, seed=seed, chars=chars_per_token(tok, model.spec.vocab_size)))
+    train_docs = read_docs(corpus / "train.jsonl")
+    random.Random(seed).shuffle(train_docs)
+    res["ngram_top1_15"] = ngram_top1(pack_rows(tok, train_docs[:ngram_files], 1).view(-1).tolist(), rows, seed=seed)
     from tokenizers import Tokenizer
     backend = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
     res.update(infill_exact(model, line_cases(backend, docs, n_infill, seed)))
-    res.update(body_compiles(model, body_cases(docs, n_bodies, seed), seed=seed))
+    res.update(infill_compiles(model, infill_cases(docs, n_bodies, seed), seed=seed, context=seq_len))
+    res.update(body_compiles(model, body_cases(docs, n_chat, seed), seed=seed))
     res["eval_seconds"] = round(time.time() - t0, 1)
     return res
