@@ -100,7 +100,11 @@ def model_spec(config: dict, where: str = "config.json", tokenizer: Tokenizer | 
             f"{where}: model_type {config.get('model_type')!r} (architectures "
             f"{config.get('architectures')}) is not a supported diffusion layout; dllm runs "
             f"model_type {', '.join(supported_model_types())} (see docs/models.md)")
-    return LAYOUTS[layout].spec_from_config(config, where, family=guess_family(config, layout, tokenizer))
+    try:
+        return LAYOUTS[layout].spec_from_config(config, where, family=guess_family(config, layout, tokenizer))
+    except (TypeError, ValueError, ZeroDivisionError) as exc:  # e.g. "rope_theta": "big", "head_dim": "x"
+        raise CheckpointError(f"{where}: a shape value has the wrong type ({exc}); fix config.json "
+                              "or re-download it") from None
 
 
 def guess_family(config: dict, layout: str, tokenizer: Tokenizer | None) -> str:
@@ -301,11 +305,13 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                 continue
             if name not in expected:
                 raise CheckpointError(f"{path}: unexpected tensor {name!r} for the {model.spec.layout} "
-                                      "layout; this checkpoint does not match its config.json")
+                                      "layout; this checkpoint does not match its config.json (re-download "
+                                      "the config.json and weights of the same model)")
             want, got = tuple(expected[name].shape), f.shape(name)
             if got != want:
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(got)} but config.json "
-                                      f"implies {list(want)}; the weights and config.json disagree")
+                                      f"implies {list(want)}; the weights and config.json disagree (re-download "
+                                      "the config.json and weights of the same model)")
             _assign(model, name, f.get(name).to(device=device, dtype=dtype))
             seen.add(name)
     missing = [n for n in expected if n not in seen]
@@ -360,8 +366,9 @@ def _untie_if_head_present(spec: ModelSpec, files: list[Path], kind: str) -> Mod
 
 def check_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, folder: Path) -> None:
     if tokenizer.vocab_size > spec.vocab_size:
-        raise TokenizerError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but config.json "
-                             f"vocab_size is {spec.vocab_size}; the tokenizer files belong to another model")
+        raise TokenizerError(f"{tokenizer.source}: the tokenizer has {tokenizer.vocab_size} tokens but "
+                             f"{folder / 'config.json'} has vocab_size {spec.vocab_size}; the tokenizer files "
+                             "belong to another model: copy those of this checkpoint")
     if tokenizer.mask_token_id >= spec.vocab_size:
         raise TokenizerError(f"{folder / 'config.json'}: mask_token_id {tokenizer.mask_token_id} is "
                              f"outside the vocabulary ({spec.vocab_size}); fix config.json")

@@ -5,7 +5,7 @@ schedule, fp64 Gumbel, cfg_scale, logits_eos_inf, confidence_eos_eot_inf); Dream
 loop (origin / maskgit_plus / topk_margin / entropy, eps, temperature, top_p, top_k, alg_temp);
 Fast-dLLM threshold and factor decoding inside blocks; the block KV cache (prefix / dual, with
 the finished block's K/V written late instead of a full refresh); early stop once a committed
-stop token has only masks after it. Talks to the model only through the contract in
+stop token has only masks after it; an optional fixed suffix after the masks (anchored infilling). Talks to the model only through the contract in
 docs/architecture.md (aligned logits, `new_cache()`, `window=(s, e)`).
 
 Must not: import rich/typer/git, decode text, or know which checkpoint layout the model has.

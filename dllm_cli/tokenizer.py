@@ -2,7 +2,8 @@
 
 Knows: `tokenizer.json`, or `vocab.json` + `merges.txt` (a Qwen2 byte-level BPE),
 `tokenizer_config.json` (special tokens, `added_tokens_decoder`, `chat_template`),
-`added_tokens.json`, `chat_template.jinja`; how to find the mask / eos / pad / bos ids.
+`special_tokens_map.json` (special tokens tokenizer_config.json leaves out), `added_tokens.json`,
+`chat_template.jinja`; how to find the mask / eos / pad / bos ids.
 Templates render in a jinja2 ImmutableSandboxedEnvironment. Must not: import torch or
 transformers (startup time), or run any `auto_map` code a checkpoint names.
 """
@@ -19,6 +20,7 @@ from .errors import TokenizerError
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 MASK_NAMES = ("<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
 # Tokens that end an answer when present (eos is always one).
 STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|dlm_pad|>")
@@ -58,11 +60,12 @@ class Tokenizer:
     """A byte-level BPE tokenizer plus chat template and special ids (see the contract)."""
 
     def __init__(self, backend, *, tokenizer_config: dict, chat_template: str | None,
-                 model_config: dict | None = None, folder: Path | None = None):
+                 model_config: dict | None = None, folder: Path | None = None, source: Path | None = None):
         self._tok = backend  # tokenizers.Tokenizer
         self.config = tokenizer_config
         self.chat_template = chat_template
         self.folder = folder
+        self.source = source or folder or "tokenizer"  # the vocabulary file (for messages)
         cfg = model_config or {}
         self.eos_token_id = self._resolve("eos_token", cfg.get("eos_token_id"))
         self.bos_token_id = self._resolve("bos_token", cfg.get("bos_token_id"))
@@ -78,10 +81,15 @@ class Tokenizer:
         folder = Path(folder)
         cfg_path = folder / "tokenizer_config.json"
         tok_config = _read_json(cfg_path) if cfg_path.is_file() else {}
+        map_path = folder / "special_tokens_map.json"
+        if map_path.is_file():  # transformers merges it too; tokenizer_config.json wins
+            tok_config = {**{k: v for k, v in _read_json(map_path).items() if k in SPECIAL_KEYS}, **tok_config}
         added = _added_tokens(folder, tok_config)
         if (folder / "tokenizer.json").is_file():
-            backend = _load_tokenizer_json(folder / "tokenizer.json")
+            source = folder / "tokenizer.json"
+            backend = _load_tokenizer_json(source)
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            source = folder / "vocab.json"
             backend = _load_vocab_merges(folder, added)
         else:
             raise TokenizerError(f"{folder}: no tokenizer.json nor vocab.json + merges.txt; "
@@ -89,7 +97,7 @@ class Tokenizer:
         _register_added(backend, added, folder)
         template = _chat_template(folder, tok_config)
         return cls(backend, tokenizer_config=tok_config, chat_template=template,
-                   model_config=model_config, folder=folder)
+                   model_config=model_config, folder=folder, source=source)
 
     # ---- ids --------------------------------------------------------------------------
 
@@ -175,8 +183,7 @@ class Tokenizer:
             raise TokenizerError(f"{self._where()}: the checkpoint has no chat template; "
                                  "add chat_template.jinja or use a raw prompt")
         msgs = [m.as_dict() if hasattr(m, "as_dict") else dict(m) for m in messages]
-        special = {k: _token_text(self.config.get(k)) or "" for k in
-                   ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")}
+        special = {k: _token_text(self.config.get(k)) or "" for k in SPECIAL_KEYS}
         try:
             return _compile(self.chat_template).render(
                 messages=msgs, add_generation_prompt=add_generation_prompt, **special)
@@ -190,12 +197,16 @@ def _added_tokens(folder: Path, tok_config: dict) -> dict[int, tuple[str, bool]]
     """{id: (content, special)} from added_tokens.json and tokenizer_config.json."""
     added: dict[int, tuple[str, bool]] = {}
     path = folder / "added_tokens.json"
-    if path.is_file():
-        for content, tid in _read_json(path).items():
-            added[int(tid)] = (content, True)
-    for tid, entry in (tok_config.get("added_tokens_decoder") or {}).items():
-        if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-            added[int(tid)] = (entry["content"], bool(entry.get("special", True)))
+    try:
+        if path.is_file():
+            for content, tid in _read_json(path).items():
+                added[int(tid)] = (content, True)
+        path = folder / "tokenizer_config.json"
+        for tid, entry in (tok_config.get("added_tokens_decoder") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                added[int(tid)] = (entry["content"], bool(entry.get("special", True)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TokenizerError(f"{path}: an added token id is not an integer ({exc}); re-download it") from None
     return added
 
 

@@ -112,35 +112,44 @@ def test_missing_folder(tmp_path):
 def test_missing_and_invalid_config(tmp_path):
     folder = make_dream_checkpoint(tmp_path)
     (folder / "config.json").write_text("{oops")
-    _raises(CheckpointError, lambda: load_model(folder), "config.json", "not valid JSON")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "not valid JSON", "re-download")
     (folder / "config.json").write_text("[1, 2]")
-    _raises(CheckpointError, lambda: load_model(folder), "config.json", "JSON object")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "JSON object", "re-download")
     (folder / "config.json").unlink()
-    _raises(CheckpointError, lambda: load_model(folder), "config.json", "missing")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "missing", "download")
 
 
 def test_config_missing_key(tmp_path):
     folder = make_llada_checkpoint(tmp_path)
     _edit_config(folder, n_layers=None)
-    _raises(CheckpointError, lambda: load_model(folder), "config.json", "n_layers")
+    _raises(CheckpointError, lambda: load_model(folder), "config.json", "n_layers", "fix config.json")
+
+
+@pytest.mark.parametrize("key, value", [("rope_theta", "big"), ("num_key_value_heads", "2"), ("head_dim", "x")])
+def test_config_value_of_the_wrong_type(tmp_path, key, value):
+    folder = make_dream_checkpoint(tmp_path)
+    _edit_config(folder, **{key: value})
+    _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "fix config.json")
 
 
 def test_unknown_model_type(tmp_path):
     folder = make_dream_checkpoint(tmp_path)
     _edit_config(folder, model_type="mistral")
-    _raises(CheckpointError, lambda: load_model(folder), "config.json", "'mistral'", "not a supported")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "'mistral'", "not a supported",
+            "dream, qwen2, llada", "docs/models.md")
 
 
 def test_missing_weights(tmp_path):
     folder = make_dream_checkpoint(tmp_path)
     (folder / "model.safetensors").unlink()
-    _raises(CheckpointError, lambda: load_model(folder), "no weights", ".safetensors")
+    _raises(CheckpointError, lambda: load_model(folder), folder, "no weights", "download", ".safetensors")
 
 
 def test_missing_shard(tmp_path):
     folder = make_dream_checkpoint(tmp_path, sharded=True)
     (folder / "model-00002-of-00002.safetensors").unlink()
-    _raises(CheckpointError, lambda: load_model(folder), "model-00002-of-00002.safetensors", "missing shard")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "model-00002-of-00002.safetensors",
+            "missing shard", "download every shard")
 
 
 def test_truncated_safetensors(tmp_path):
@@ -148,14 +157,22 @@ def test_truncated_safetensors(tmp_path):
     path = folder / "model.safetensors"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 1000])
-    _raises(CheckpointError, lambda: load_model(folder), "model.safetensors", "truncated", "re-download")
+    _raises(CheckpointError, lambda: load_model(folder), path, "truncated", "re-download")
+
+
+def test_truncated_shard(tmp_path):
+    folder = make_llada_checkpoint(tmp_path, sharded=True)
+    path = folder / "model-00001-of-00002.safetensors"
+    path.write_bytes(path.read_bytes()[:100])  # cut inside the header
+    _raises(CheckpointError, lambda: load_model(folder), path, "truncated", "re-download")
 
 
 def test_shape_mismatch_names_tensor_file_and_shapes(tmp_path):
     folder = make_llada_checkpoint(tmp_path)
     _edit_config(folder, mlp_hidden_size=96)
-    _raises(CheckpointError, lambda: load_model(folder), "model.safetensors",
-            "model.transformer.blocks.0.ff_out.weight", "[64, 128]", "[64, 96]")  # first in file order
+    _raises(CheckpointError, lambda: load_model(folder), folder / "model.safetensors",
+            "model.transformer.blocks.0.ff_out.weight", "[64, 128]", "[64, 96]",  # first in file order
+            "re-download")
 
 
 def test_unexpected_and_missing_tensors(tmp_path):
@@ -163,15 +180,18 @@ def test_unexpected_and_missing_tensors(tmp_path):
     path = folder / "model.safetensors"
     tensors = load_file(str(path))
     save_file({**tensors, "model.extra.weight": torch.zeros(2)}, str(path))
-    _raises(CheckpointError, lambda: load_model(folder), "unexpected tensor", "model.extra.weight")
+    _raises(CheckpointError, lambda: load_model(folder), path, "unexpected tensor", "model.extra.weight",
+            "re-download")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, str(path))
-    _raises(CheckpointError, lambda: load_model(folder), "model.layers.1.mlp.up_proj.weight", "missing")
+    _raises(CheckpointError, lambda: load_model(folder), folder, "model.layers.1.mlp.up_proj.weight", "missing",
+            "download")
 
 
 def test_tokenizer_larger_than_vocab(tmp_path):
     folder = make_dream_checkpoint(tmp_path, vocab_size=256)
-    _raises(TokenizerError, lambda: load_model(folder), "321 tokens", "vocab_size is 256")
+    _raises(TokenizerError, lambda: load_model(folder), folder / "tokenizer.json", "321 tokens",
+            folder / "config.json", "vocab_size 256", "copy those of this checkpoint")
 
 
 def test_pad_equals_mask(tmp_path):
@@ -179,15 +199,24 @@ def test_pad_equals_mask(tmp_path):
     tc = json.loads((folder / "tokenizer_config.json").read_text())
     tc["pad_token"] = "<|mdm_mask|>"
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
-    _raises(TokenizerError, lambda: load_model(folder), "tokenizer_config.json", "pad token is the mask token")
+    _raises(TokenizerError, lambda: load_model(folder), folder / "tokenizer_config.json",
+            "pad token is the mask token", "fix pad_token")
 
 
 def test_too_little_memory(dream_ckpt, monkeypatch):
-    _raises(OutOfMemoryError, lambda: load_model(dream_ckpt, memory_limit=100_000), "GiB", "--dtype")
+    _raises(OutOfMemoryError, lambda: load_model(dream_ckpt, memory_limit=100_000), dream_ckpt, "GiB", "--dtype")
     monkeypatch.setenv("DLLM_MEMORY_LIMIT", "1000")
     _raises(OutOfMemoryError, lambda: load_model(dream_ckpt), "needs about")
     monkeypatch.setenv("DLLM_MEMORY_LIMIT", str(10 ** 9))
     assert load_model(dream_ckpt).spec.layout == "dream"
+
+
+def test_memory_is_checked_before_any_weight_is_read(tmp_path):
+    folder = make_dream_checkpoint(tmp_path, sharded=True)
+    for shard in folder.glob("*.safetensors"):
+        shard.write_bytes(b"garbage")  # reading any weight file would raise a CheckpointError
+    _raises(OutOfMemoryError, lambda: load_model(folder, memory_limit=100_000), "needs about")
+    _raises(CheckpointError, lambda: load_model(folder), "truncated")
 
 
 def test_pickle_refused_unless_allowed(tmp_path, dream_ckpt):
@@ -195,7 +224,8 @@ def test_pickle_refused_unless_allowed(tmp_path, dream_ckpt):
     tensors = load_file(str(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
     torch.save(tensors, folder / "pytorch_model.bin")
-    _raises(CheckpointError, lambda: load_model(folder), "pytorch_model.bin", "pickle", "allow_pickle=True")
+    _raises(CheckpointError, lambda: load_model(folder), folder / "pytorch_model.bin", "pickle",
+            "convert them to safetensors", "allow_pickle=True")
     ids = torch.arange(10).view(1, 10)
     pickled = load_model(folder, allow_pickle=True)
     assert torch.equal(pickled.logits(ids), load_model(dream_ckpt).logits(ids))

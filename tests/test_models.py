@@ -264,3 +264,13 @@ def test_logits_are_plain_tensors(dream_ckpt):
     out = model.logits(_ids(model))
     out[:, :, model.eos_token_id] = -torch.inf
     assert not out.requires_grad
+
+
+def test_param_count_with_explicit_head_dim():
+    """Qwen2 configs may set head_dim with heads x head_dim != hidden_size: q/o shapes follow it."""
+    cfg = dict(PUBLISHED_SHAPES["dream-7b"], num_hidden_layers=1, hidden_size=64, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=32, intermediate_size=96, vocab_size=256, mask_token_id=250)
+    model = random_model(cfg, device="cpu", dtype=torch.float32)
+    assert model.model.layers[0].self_attn.q_proj.weight.shape == (128, 64)
+    assert model.spec.n_params == model.spec.param_count()
+    assert model.logits(torch.randint(0, 250, (1, 8))).shape == (1, 8, 256)

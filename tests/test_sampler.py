@@ -231,6 +231,20 @@ def test_early_stop_and_cut_at_first_eos():
     assert cut_at_stop([4, 5], stops) == [4, 5]
 
 
+def test_llada_gumbel_noise_is_float64(monkeypatch):
+    """T > 0 with LLaDA algs: the Gumbel noise is drawn in float64 (fp32 noise hurts quality)."""
+    drawn, real = [], torch.rand
+
+    def spy(*args, **kwargs):
+        drawn.append(kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "rand", spy)
+    events = run(MOCKS["aligned"], SamplerConfig(gen_length=8, steps=8, block_length=8, temperature=0.7,
+                                                 **PLAIN, seed=0))
+    assert len(drawn) == len(events) == 8 and all(d is torch.float64 for d in drawn)
+
+
 class MaskLover(MockModel):
     """Random weights gone wrong: the mask token has the largest logit everywhere."""
 

@@ -167,3 +167,26 @@ def test_bad_tokenizer_config_json(tmp_path):
     (folder / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="tokenizer_config.json"):
         _load(folder)
+
+
+def test_special_tokens_map_fills_what_tokenizer_config_leaves_out(tmp_path):
+    folder = make_dream_checkpoint(tmp_path)
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    for key in ("mask_token", "bos_token"):
+        del tc[key]
+    tc["eos_token"] = "<|im_end|>"  # tokenizer_config.json wins over the map
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    (folder / "special_tokens_map.json").write_text(json.dumps({
+        "mask_token": {"content": "<|mask|>", "special": True}, "bos_token": "<|beginoftext|>",
+        "eos_token": "<|endoftext|>"}))
+    tok = Tokenizer.from_dir(folder)  # no config.json ids: the names decide
+    assert tok.mask_token_id == tok.token_to_id("<|mask|>")
+    assert tok.bos_token_id == tok.token_to_id("<|beginoftext|>")
+    assert tok.eos_token_id == tok.token_to_id("<|im_end|>")
+
+
+def test_bad_added_token_id(tmp_path):
+    folder = make_dream_checkpoint(tmp_path, tokenizer_format="vocab-merges")
+    (folder / "added_tokens.json").write_text(json.dumps({"<|mask|>": "many"}))
+    with pytest.raises(TokenizerError, match="added_tokens.json.*not an integer.*re-download"):
+        _load(folder)

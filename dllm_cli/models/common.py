@@ -1,5 +1,6 @@
 """Blocks shared by both layouts: RMSNorm, RoPE, bidirectional attention, SwiGLU, the block
-KV cache, and the `DiffusionModel` base class whose `logits` every sampler calls.
+KV cache, the `DiffusionModel` base class whose `logits` every sampler calls, and
+`config_int` (a checked config.json value) for the layouts' spec_from_config.
 
 Knows: the maths of a LLaMA-like block with fully bidirectional attention (the only mask is
 padding), the alignment rule (returned logits index i score token i; shifted layouts are
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import CheckpointError
 
 # enable_gqa (torch >= 2.5) lets SDPA share KV heads without copying them.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 5)
@@ -42,11 +45,22 @@ class ModelSpec:
 
     def param_count(self) -> int:
         """Parameters implied by the shape (what n_params will be once built)."""
-        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        attn = 2 * h * h + 2 * kv * h + (h + 2 * kv if self.qkv_bias else 0)
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        attn = 2 * q * h + 2 * kv * h + (q + 2 * kv if self.qkv_bias else 0)  # q, o, k, v (+ biases)
         layer = attn + 3 * h * self.intermediate_size + 2 * h
         head = 0 if self.tied else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * layer + h + head
+
+
+def config_int(cfg: dict, key: str, where: str, default: int | None = None) -> int:
+    """cfg[key] as a positive int; `default` when absent/null (None: required). CheckpointError names
+    the file and the key otherwise."""
+    value = cfg.get(key)
+    if value is None and default is not None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"{where}: {key!r} is missing or not a positive integer; fix config.json")
+    return value
 
 
 class RMSNorm(nn.Module):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .common import DiffusionModel, ModelSpec, RMSNorm, attention, swiglu
+from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
 
 MODEL_TYPES = ("dream", "qwen2")
 ARCHITECTURES = ("DreamModel", "Qwen2ForCausalLM", "Qwen2Model")
@@ -21,28 +21,21 @@ ARCHITECTURES = ("DreamModel", "Qwen2ForCausalLM", "Qwen2Model")
 
 def spec_from_config(cfg: dict, where: str = "config.json", family: str = "dream") -> ModelSpec:
     """A ModelSpec from Qwen2 config keys; CheckpointError names the missing/bad key."""
-    get = _getter(cfg, where)
+    def get(key: str, default: int | None = None) -> int:
+        return config_int(cfg, key, where, default)
+
     hidden, heads = get("hidden_size"), get("num_attention_heads")
-    kv = cfg.get("num_key_value_heads") or heads
+    kv = get("num_key_value_heads", heads)
     if hidden % heads or heads % kv:
         raise CheckpointError(f"{where}: hidden_size {hidden}, num_attention_heads {heads}, "
                               f"num_key_value_heads {kv} do not divide; fix config.json")
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = get("head_dim", hidden // heads)
     return ModelSpec(layout="dream", family=family, vocab_size=get("vocab_size"), hidden_size=hidden,
                      num_layers=get("num_hidden_layers"), num_heads=heads, num_kv_heads=kv,
                      head_dim=head_dim, intermediate_size=get("intermediate_size"),
                      rope_theta=float(cfg.get("rope_theta", 1e6)),
                      rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), shifted=True,
                      tied=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=True)
-
-
-def _getter(cfg: dict, where: str):
-    def get(key: str) -> int:
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{where}: {key!r} is missing or not a positive integer; fix config.json")
-        return value
-    return get
 
 
 class Qwen2Attention(nn.Module):

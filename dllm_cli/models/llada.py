@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
-from .common import DiffusionModel, ModelSpec, RMSNorm, attention, swiglu
+from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
 
 MODEL_TYPES = ("llada",)
 ARCHITECTURES = ("LLaDAModelLM",)
@@ -45,11 +45,8 @@ def llama_name(name: str) -> str:
 
 def spec_from_config(cfg: dict, where: str = "config.json", family: str = "llada") -> ModelSpec:
     """A ModelSpec from OLMo config keys; CheckpointError names the missing/unsupported key."""
-    def get(key: str) -> int:
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"{where}: {key!r} is missing or not a positive integer; fix config.json")
-        return value
+    def get(key: str, default: int | None = None) -> int:
+        return config_int(cfg, key, where, default)
 
     unsupported = {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms"}
     for key, want in unsupported.items():
@@ -59,12 +56,12 @@ def spec_from_config(cfg: dict, where: str = "config.json", family: str = "llada
         if cfg.get(key):
             raise CheckpointError(f"{where}: {key}=true is not supported by dllm's LLaDA layout")
     hidden, heads = get("d_model"), get("n_heads")
-    kv = cfg.get("n_kv_heads") or heads
+    kv = get("n_kv_heads", heads)
     if hidden % heads or heads % kv:
         raise CheckpointError(f"{where}: d_model {hidden}, n_heads {heads}, n_kv_heads {kv} "
                               "do not divide; fix config.json")
-    vocab = cfg.get("embedding_size") or get("vocab_size")
-    inter = cfg.get("mlp_hidden_size") or cfg.get("mlp_ratio", 4) * hidden
+    vocab = get("embedding_size") if cfg.get("embedding_size") is not None else get("vocab_size")
+    inter = get("mlp_hidden_size") if cfg.get("mlp_hidden_size") is not None else get("mlp_ratio", 4) * hidden
     return ModelSpec(layout="llada", family=family, vocab_size=vocab, hidden_size=hidden,
                      num_layers=get("n_layers"), num_heads=heads, num_kv_heads=kv,
                      head_dim=hidden // heads, intermediate_size=inter,
