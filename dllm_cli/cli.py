@@ -1,10 +1,13 @@
 """The `dllm` command: a Typer app that composes the pipeline; the only place that catches
-`DllmError` (in `main`).
+errors (in `main`): a `DllmError` becomes its one line and exit code, anything else one line
+and exit 1 (DLLM_DEBUG=1 re-raises it, traceback included).
 
 Knows: options and their defaults, the model choice order, which stream gets what (people:
 stderr; data: stdout), exit codes, and the order of the pipeline:
 resolve → load → gather context → build prompt → denoise (live) → decode → parse edits →
-build patch → show diff → confirm → apply.
+build patch → show diff → confirm → apply; in infill mode (stub functions named by the
+prompt) each stub's body is denoised between the file's prefix and suffix instead, and the
+rewritten files go through the same review.
 Must not import torch (or the engine) at import time: `dllm --help` and `dllm --version`
 stay instant. Heavy imports live inside the command bodies.
 """
@@ -28,11 +31,12 @@ EXAMPLES = """Examples:
 
 \b
   dllm code "add a function that returns the mean of a list"
-  dllm code "fix the off-by-one in @src/pager.py"     # @path: send that file first
-  pytest -x 2>&1 | dllm code "make this test pass" tests/
-  dllm code --dry-run "rename parse_args to parse_options" > change.diff
-  dllm apply change.diff
-  dllm undo
+  dllm code "fix the off-by-one in @src/pager.py"   # @path: send that file first
+  dllm code "implement median" src/stats.py         # a stub's body: anchored infilling
+  dllm code --show-context "make the pager faster"  # what would be sent; loads no model
+  pytest -x 2>&1 | dllm code --dry-run "make this test pass" tests/test_pager.py > fix.diff
+  dllm apply fix.diff                               # review the diff, then apply it
+  dllm undo                                         # restore the files, byte for byte
   dllm models
   dllm bench --json
 """
@@ -132,13 +136,14 @@ def code(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff on stdout; change nothing.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     no_live: Annotated[bool, typer.Option("--no-live", help="No live canvas; a one-line progress.")] = False,
-    show_context: Annotated[bool, typer.Option("--show-context", help="List what would be sent, with token counts, "
-                                               "and exit (loads no model).")] = False,
+    show_context: Annotated[bool, typer.Option("--show-context", help="List what would be sent, with token counts "
+                                               "(infill mode: the regions), and exit (loads no model).")] = False,
     commit: Annotated[bool, typer.Option("--commit", help="Commit the applied patch (message: the prompt, "
                                          "with a trailer naming the model).")] = False,
     infill: Annotated[Optional[bool], typer.Option("--infill/--no-infill", help="Anchored infilling: "
-                      "denoise only the bodies of the stub functions the prompt names (default: when "
-                      "there are such stubs). --no-infill always asks for a chat-format edit.",
+                      "denoise only the bodies of the stub functions the prompt names, with the code "
+                      "around them in view (not the prompt's wording). Default: when there are such "
+                      "stubs. --no-infill always asks for a chat-format edit.",
                       show_default=False)] = None,
 ) -> None:
     """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
@@ -147,19 +152,24 @@ def code(
     task, stdin_text, notes = read_task(prompt)
     model_path = resolve_model_path(model)
     model_dir(model_path)  # a missing checkpoint is reported before anything loads
+    regions = infill_regions(task, paths or [], infill)
+    if show_context and regions:
+        return show_infill_context(ui, model_path, regions, cfg.gen_length)
     if show_context:
         return show_context_only(ui, model_path, task, paths or [], stdin_text, notes, cfg.gen_length)
     opts = ReviewOptions(yes=yes, dry_run=dry_run, commit_message=task if commit else None,
                          model_name=_model_name(model_path))
-    regions = infill_regions(task, paths or [], infill)
     if regions:
+        if stdin_text or notes:  # notes only say how stdin was cut
+            ui.say("dllm: piped input not sent: in infill mode the model sees only the file around "
+                   "the region (--no-infill sends it)", style="yellow")
         lm = load(ui, model_path, device, dtype)
         return infill_code(ui, lm, model_path, regions, cfg, opts)
     lm = load(ui, model_path, device, dtype)
     ctx = gather_context(lm.tokenizer, model_path, task, paths or [], stdin_text, notes,
                          cfg.gen_length)
-    for note in (*ctx.notes, *(f"not sent: {s.path} ({s.reason})" for s in ctx.skipped)):
-        ui.say(f"dllm: {note}", style="yellow")
+    for line in ctx.report_lines():
+        ui.say(f"dllm: {line}", style="yellow")
     prompt_ids = encode_prompt(lm.tokenizer, task, ctx)
     gen = generate(ui, lm, prompt_ids, cfg)
     report = Report(model=opts.model_name, prompt_tokens=len(prompt_ids), gen=gen)
@@ -324,7 +334,7 @@ def show_context_only(ui: Ui, model_path: str, task: str, paths: list[str], stdi
         data = {"root": str(ctx.root), "budget": ctx.budget, "tokens": ctx.tokens,
                 "files": [{"path": f.path, "tokens": f.tokens, "reason": f.reason} for f in ctx.files],
                 "stdin_tokens": ctx.stdin_tokens,
-                "skipped": [{"path": s.path, "reason": s.reason} for s in ctx.skipped],
+                "skipped": [{"path": s.path, "reason": s.reason, "ranked": s.ranked} for s in ctx.skipped],
                 "notes": list(ctx.notes)}
         _write_json(ui, data)
         return
@@ -394,7 +404,7 @@ def infill_code(ui: Ui, lm, model_path: str, regions: list, cfg, opts: "ReviewOp
     from .edits import Edit
 
     root = work_root()
-    context = min(context_length(read_model_config(model_dir(model_path))), INFILL_CONTEXT_CAP)
+    context = infill_context(model_path)
     texts: dict[str, str] = {}
     gens: list[Generation] = []
     prompt_tokens = 0
@@ -415,17 +425,50 @@ def infill_code(ui: Ui, lm, model_path: str, regions: list, cfg, opts: "ReviewOp
     report.emit(ui, outcome)
 
 
-def fill_region(ui: Ui, lm, text: str, region, cfg, context: int) -> tuple[str, Generation, int]:
-    """(the file with the region rewritten, the generation, context tokens sent)."""
+def infill_context(model_path: str) -> int:
+    """Positions one infill canvas may span: the model's context, at most INFILL_CONTEXT_CAP."""
+    return min(context_length(read_model_config(model_dir(model_path))), INFILL_CONTEXT_CAP)
+
+
+def region_canvas(tok, text: str, region, gen_length: int, context: int, eos_id: int):
+    """(prefix, suffix, ids before the masks, ids after them) of `region` in `text`."""
     from .infill import canvas, split
 
     prefix, _, suffix = split(text, region.start, region.end)
-    tok = lm.tokenizer
     try:
-        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), cfg.gen_length, context, lm.eos_token_id)
+        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), gen_length, context, eos_id)
     except ValueError:
-        raise UsageError(f"--gen-length {cfg.gen_length} leaves no room for the file around it in the "
+        raise UsageError(f"--gen-length {gen_length} leaves no room for the file around it in the "
                          f"model's {context}-token context; lower --gen-length") from None
+    return prefix, suffix, pre, suf
+
+
+def show_infill_context(ui: Ui, model_path: str, regions: list, gen_length: int) -> None:
+    """--show-context in infill mode: each region and the tokens of file around it (the
+    tokenizer alone; counted on the files as they are, before any region is filled)."""
+    from .render import render_infill_context
+    from .tokenizer import Tokenizer
+
+    folder = model_dir(model_path)
+    tok = Tokenizer.from_dir(folder, read_model_config(folder))
+    context, root = infill_context(model_path), work_root()
+    rows = []
+    for r in regions:
+        text = (root / r.path).read_text(encoding="utf-8").replace("\r\n", "\n")
+        _, _, pre, suf = region_canvas(tok, text, r, gen_length, context, tok.eos_token_id)
+        rows.append({"path": r.path, "function": r.name, "lines": [r.start + 1, r.end],
+                     "prefix_tokens": len(pre), "suffix_tokens": len(suf)})
+    if ui.json:
+        _write_json(ui, {"mode": "infill", "root": str(root), "gen_length": gen_length,
+                         "context": context, "regions": rows})
+        return
+    render_infill_context(ui.out, rows, gen_length, context)
+
+
+def fill_region(ui: Ui, lm, text: str, region, cfg, context: int) -> tuple[str, Generation, int]:
+    """(the file with the region rewritten, the generation, context tokens sent)."""
+    prefix, suffix, pre, suf = region_canvas(lm.tokenizer, text, region, cfg.gen_length, context,
+                                             lm.eos_token_id)
     what = f"the body of {region.name}" if region.name else "the region"
     ui.say(f"dllm: filling {what} in {region.path} (lines {region.start + 1}-{region.end}; "
            f"{len(pre) + len(suf)} tokens of context)")
@@ -525,7 +568,11 @@ def confirm(root: Path, patch, outcome: Outcome, ui: Ui):
             target = ask_text("save the patch to", "dllm.patch", input=ui.prompt_input,
                               output=ui.prompt_output)
             if target:
-                Path(target).expanduser().write_text(patch.diff, encoding="utf-8")
+                try:
+                    Path(target).expanduser().write_text(patch.diff, encoding="utf-8")
+                except OSError as exc:
+                    raise DllmError(f"{target}: cannot save the patch ({exc.strerror or exc}); nothing "
+                                    f"was applied; it is also kept at {outcome.saved}") from None
                 raise NotConfirmed(f"patch saved to {target}; not applied (apply it with `dllm apply {target}`)")
         raise NotConfirmed("declined; nothing was changed")
 
@@ -830,9 +877,25 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(1)
+    except Exception as exc:  # not a DllmError: still one line (DLLM_DEBUG=1: the traceback)
+        if os.environ.get("DLLM_DEBUG"):
+            raise
+        _fail(unexpected(exc), 1)
     if result == 130:
         _fail("interrupted; nothing was changed", 130)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def unexpected(exc: Exception) -> str:
+    """The one-line message for an exception that is not a DllmError."""
+    if type(exc).__name__ == "OutOfMemoryError":  # torch's, raised mid-run (no torch import here)
+        return ("out of memory on the device while running the model; lower --gen-length, "
+                "use --dtype bfloat16, or --device cpu")
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return (f"unexpected {type(exc).__name__}: {exc} (a bug in dllm; rerun with DLLM_DEBUG=1 for "
+            "the traceback and report it)")
 
 
 def _fail(message: str, code: int) -> None:

@@ -64,10 +64,12 @@ class ContextFile:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A file that was considered and not sent, with the reason shown to the user."""
+    """A file that was considered and not sent, with the reason shown to the user. `ranked`:
+    found by ranking (not named or @mentioned), so only worth a count on stderr."""
 
     path: str
     reason: str
+    ranked: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,18 @@ class Context:
     @property
     def tokens(self) -> int:
         return sum(f.tokens for f in self.files) + self.stdin_tokens
+
+    def report_lines(self) -> list[str]:
+        """What stderr says about the selection: the notes, one line per skipped file the user
+        named or mentioned (secret, binary, ignored, ...), and one line per reason for the ranked
+        files left out ("12 relevant files not sent: over the token budget")."""
+        lines = list(self.notes)
+        lines += [f"not sent: {s.path} ({s.reason})" for s in self.skipped if not s.ranked]
+        kinds = Counter(s.reason.split(" (", 1)[0] for s in self.skipped if s.ranked)
+        for kind, n in kinds.items():
+            lines.append(f"{n} relevant file{'' if n == 1 else 's'} not sent: {kind}; "
+                         "--show-context lists them")
+        return lines
 
 
 # ---- the work tree -------------------------------------------------------------------
@@ -335,25 +349,28 @@ class _Selection:
                       if p.is_file() and not any(s.startswith(".") for s in p.relative_to(self.root).parts))
 
     def add(self, rel: str, reason: str, *, strict: bool) -> None:
+        """Send `rel` if it may be sent and fits. `strict`: the user named or mentioned it (a
+        skip is reported by name); otherwise it was ranked (a skip is only counted)."""
         if rel in self.seen:
             return
         self.seen.add(rel)
+        ranked = not strict
         if is_secret(rel):
-            self.skipped.append(Skipped(rel, "secret: never sent"))
+            self.skipped.append(Skipped(rel, "secret: never sent", ranked))
             return
         if self.in_git and rel not in self.listed_set and is_ignored(self.root, rel):
-            self.skipped.append(Skipped(rel, "ignored by .gitignore"))
+            self.skipped.append(Skipped(rel, "ignored by .gitignore", ranked))
             return
         text, why = read_text(self.root / rel)
         if text is None:
-            self.skipped.append(Skipped(rel, why))
+            self.skipped.append(Skipped(rel, why, ranked))
             return
         tokens = self.count(format_file(rel, text)) + 1
         if tokens > self.left:
             if strict and reason == "named":
                 raise UsageError(f"{rel}: {tokens} tokens do not fit the {self.left} left in the model's "
                                  "context; name a smaller file, or lower --gen-length")
-            self.skipped.append(Skipped(rel, f"over the token budget ({tokens} > {self.left} left)"))
+            self.skipped.append(Skipped(rel, f"over the token budget ({tokens} > {self.left} left)", ranked))
             return
         self.files.append(ContextFile(rel, text, tokens, reason))
         self.left -= tokens

@@ -24,6 +24,10 @@ else `$XDG_STATE_HOME/dllm/<name>-<hash>`. Layout: `patches/<UTC time>-<sha8>.di
 applied or not), `journal/<ns>.json` (the undo stack: pre-apply bytes in base64, post-apply
 sha256, modes, created directories), `journal/undone/` (journals already undone).
 
+Ctrl-C while the files and the journal are written is held until they are done, then the
+apply is rolled back and KeyboardInterrupt raised: the tree is never left half-patched. An
+undo, once it starts writing, finishes (a Ctrl-C then is ignored).
+
 Must not import torch, rich, typer or prompt_toolkit; GitPython is imported only by commit_patch.
 """
 
@@ -35,10 +39,13 @@ import hashlib
 import json
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 import time
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -321,6 +328,7 @@ class AppliedPatch:
     journal: Path  # the journal entry (after undo: where it was moved)
     patch_file: Path  # the saved .diff
     id: str
+    dirs_created: tuple[str, ...] = ()  # folders the apply made (relative, deepest last)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -628,6 +636,33 @@ def apply_patch(root: Path, patch: Patch, *, state_dir: Path) -> AppliedPatch:
         if _read_or_none(root / c.path) != c.old:
             raise PatchError(f"{c.path} changed since the patch was made; nothing was written — run dllm again")
     patch_file = save_patch(patch, state_dir)
+    with _sigint_deferred() as interrupted:
+        applied = _write_and_journal(root, patch, state_dir, patch_file)
+        if interrupted():  # Ctrl-C during the writes: roll back, then stop
+            _restore(root, patch.changes)
+            _remove_dirs(root, applied.dirs_created)
+            applied.journal.unlink(missing_ok=True)
+            raise KeyboardInterrupt
+    return applied
+
+
+@contextmanager
+def _sigint_deferred():
+    """Ctrl-C inside the block is recorded, not raised, so the writes and the journal are never
+    left half done; the block asks `interrupted()` at its end. (Main thread only: elsewhere
+    signals do not arrive.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_and_journal(root: Path, patch: Patch, state_dir: Path, patch_file: Path) -> AppliedPatch:
     made = _write_all(root, patch.changes)
     entry_id = f"{time.time_ns():020d}"
     entry = {"version": 1, "id": entry_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -644,7 +679,7 @@ def apply_patch(root: Path, patch: Patch, *, state_dir: Path) -> AppliedPatch:
         _remove_dirs(root, made)
         raise PatchError(f"cannot write the undo journal {journal}: {err.strerror}; nothing was changed — "
                          "set DLLM_STATE_DIR to a writable folder") from None
-    return AppliedPatch(patch, journal, patch_file, entry_id)
+    return AppliedPatch(patch, journal, patch_file, entry_id, tuple(made))
 
 
 def _last_journal(state_dir: Path) -> Path:
@@ -677,11 +712,12 @@ def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
                              "nothing was restored — undo those changes by hand or with git")
         before = None if rec["before"] is None else base64.b64decode(rec["before"])
         changes.append(FileChange(rel, current, before, int(rec["mode"])))
-    _write_all(root, changes)
-    _remove_dirs(root, entry.get("dirs_created", []))
     done = path.parent / "undone" / path.name
-    done.parent.mkdir(exist_ok=True)
-    os.replace(path, done)
+    with _sigint_deferred():  # a Ctrl-C here waits: the restore takes milliseconds, then it is done
+        _write_all(root, changes)
+        _remove_dirs(root, entry.get("dirs_created", []))
+        done.parent.mkdir(exist_ok=True)
+        os.replace(path, done)
     return AppliedPatch(Patch(tuple(changes), unified_diff(changes)), done, Path(entry.get("patch", "")),
                         entry["id"])
 

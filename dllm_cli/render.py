@@ -1,5 +1,5 @@
 """Everything dllm draws on a terminal: the live denoising view, the diff view, the
-context table, the load progress bar, and the confirmation prompt.
+context tables (chat and infill mode), the load progress bar, and the confirmation prompt.
 
 Knows: Rich and prompt-toolkit, terminal size, colour rules (Rich honours NO_COLOR,
 FORCE_COLOR and TERM=dumb; an interactive console is a TTY that is not dumb). Draws on
@@ -319,6 +319,24 @@ def render_context(console: Console, ctx) -> None:
         console.print(f"note: {note}", markup=False)
     where = "repository" if ctx.in_git else "directory (not a git repository: named files only)"
     console.print(f"{ctx.tokens} of {ctx.budget} context tokens used; {where} {ctx.root}",
+                  markup=False, highlight=False)
+
+
+def render_infill_context(console: Console, rows: Sequence[dict], gen_length: int, context: int) -> None:
+    """Infill mode: per region, the tokens of the file before and after its canvas of masks."""
+    from rich.table import Table
+
+    table = Table(box=None, show_header=True, pad_edge=False)
+    for column, justify in (("before", "right"), ("after", "right"), ("path", "left"), ("region", "left")):
+        table.add_column(column, justify=justify)
+    for r in rows:
+        first, last = r["lines"]
+        what = f"body of {r['function']}" if r["function"] else "region"
+        table.add_row(str(r["prefix_tokens"]), str(r["suffix_tokens"]), printable(r["path"]),
+                      f"{what} (lines {first}-{last})")
+    console.print(table)
+    console.print(f"infill mode: each region is {gen_length} masks between the file's tokens before "
+                  f"and after it ({context} positions at most); the prompt's wording is not sent",
                   markup=False, highlight=False)
 
 

@@ -116,6 +116,57 @@ def test_help_and_version_never_import_torch(args, expect):
     assert seconds < 2.0, f"dllm {' '.join(args)} took {seconds:.2f} s"
 
 
+def example_commands(text: str) -> list[list[str]]:
+    """The `dllm ...` arguments of each example line (comments, pipes and redirections cut)."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        starts = [i + 1 for i, w in enumerate(words) if w == "|"]
+        for start in [0, *starts]:
+            if words[start:start + 1] == ["dllm"]:
+                part = words[start + 1:]
+                end = next((i for i, w in enumerate(part) if w == "|" or w[0] in "<>"), len(part))
+                found.append(part[:end])
+    return found
+
+
+def docs_examples() -> str:
+    text = (Path(__file__).parent.parent / "docs/cli.md").read_text(encoding="utf-8")
+    return text.split("## Examples", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("source", ["help", "docs"])
+def test_examples_in_help_and_docs_parse(source):
+    """Every example names a real command and only options it has, with valid values."""
+    import click
+    import typer.main
+
+    group = typer.main.get_command(cli.app)
+    examples = example_commands(cli.EXAMPLES if source == "help" else docs_examples())
+    assert len(examples) >= 8 and {"code", "apply", "undo"} <= {e[0] for e in examples}
+    for args in examples:
+        ctx = click.Context(group, info_name="dllm")
+        command = group.get_command(ctx, args[0])
+        assert command is not None, args
+        sub = command.make_context(args[0], args[1:], parent=ctx)  # raises on an unknown option
+        if args[0] == "code":
+            assert sub.params["prompt"], args
+
+
+def test_example_commands_cuts_pipes_comments_and_redirections():
+    assert example_commands('  pytest -x 2>&1 | dllm code --dry-run "a # b" t.py > fix.diff  # note\n'
+                            "  dllm undo\n  git diff") == [["code", "--dry-run", "a # b", "t.py"], ["undo"]]
+
+
+def test_no_color_wins_over_force_color(repo):
+    _, out, _ = run(["apply", "--dry-run", "-"], input=FIX, env={"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    colours = re.findall(r"\x1b\[([0-9;]*)m", out)
+    assert "+    if not xs:" in out
+    assert not [c for c in colours if set(c.split(";")) & {str(n) for n in [*range(30, 50), *range(90, 108)]}]
+
+
 def test_show_context_loads_no_model_and_never_lists_secrets(repo, dream_ckpt):
     done, _, torch_loaded = probe(["code", "--show-context", "--model", str(dream_ckpt),
                                    "fix mean with the API token", ".env", "src/stats.py"], cwd=repo)
@@ -160,6 +211,24 @@ def test_errors_are_one_line_without_traceback(repo, tmp_path):
     code, out, err = run(["code", "add a test", "--model", str(tmp_path / "missing")])
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith("dllm: error: ") and "--model" in err
+
+
+@pytest.mark.parametrize("exc, words", [
+    (TypeError("bad operand"), "unexpected TypeError: bad operand (a bug in dllm; rerun with DLLM_DEBUG=1"),
+    (PermissionError(13, "Permission denied", "/x/y.py"), "/x/y.py: Permission denied"),
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"), "out of memory on the device"),
+])
+def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(repo, monkeypatch, exc, words):
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "work_root", boom)
+    code, out, err = run(["undo"])
+    assert code == 1 and out == "" and err == f"dllm: error: {err[13:]}" and err.count("\n") == 1
+    assert words in err and "Traceback" not in err
+    monkeypatch.setenv("DLLM_DEBUG", "1")
+    with pytest.raises(type(exc)):
+        cli.main(["undo"])
 
 
 def test_default_model_missing_is_a_clear_error(repo):
@@ -337,6 +406,16 @@ def test_confirm_save_writes_the_patch_and_applies_nothing(ui_with, repo, tmp_pa
     assert snapshot(repo) == before and "+    return sum(xs) / len(xs) if xs else 0.0" in target.read_text()
 
 
+def test_confirm_save_to_an_unwritable_path_is_a_one_line_error(ui_with, repo, tmp_path):
+    from dllm_cli.errors import DllmError
+
+    before = snapshot(repo)
+    target = tmp_path / "no/such/dir/saved.patch"
+    with pytest.raises(DllmError, match="cannot save the patch .*nothing was applied.*also kept at") as info:
+        cli.review_output(ANSWER, repo, cli.ReviewOptions(), ui_with(f"s\n\x15{target}\n"))
+    assert info.value.exit_code == 1 and snapshot(repo) == before
+
+
 def test_confirm_edit_applies_the_edited_patch(ui_with, repo, tmp_path, monkeypatch):
     editor = tmp_path / "editor.py"
     editor.write_text("import sys, pathlib\np = pathlib.Path(sys.argv[1])\n"
@@ -411,6 +490,22 @@ def test_interrupt_while_denoising_exits_130_tree_untouched(repo, dream_ckpt, mo
     assert snapshot(repo) == before
 
 
+def test_ranked_files_over_the_budget_are_one_line_named_skips_one_each(repo, dream_ckpt, fake_generate):
+    for i in range(6):
+        (repo / f"src/mean_{i}.py").write_text("def mean(xs):\n" + "    total = mean(xs) + 1\n" * 700)
+    code, _, err = run(["code", "--model", str(dream_ckpt), "--gen-length", "32", "fix mean", ".env"])
+    assert code == 3 and NO_EDIT.search(err), err                          # the canned answer: no edit
+    assert [line for line in err.splitlines() if "not sent" in line] == [
+        "dllm: not sent: .env (secret: never sent)",
+        "dllm: 6 relevant files not sent: over the token budget; --show-context lists them"]
+    code, out, _ = run(["code", "--show-context", "--json", "--model", str(dream_ckpt), "--gen-length", "32",
+                        "fix mean", ".env"])
+    skipped = {s["path"]: s for s in json.loads(out)["skipped"]}
+    assert code == 0 and skipped[".env"]["ranked"] is False
+    assert sorted(p for p, s in skipped.items() if s["ranked"]) == [f"src/mean_{i}.py" for i in range(6)]
+    assert all("over the token budget" in skipped[f"src/mean_{i}.py"]["reason"] for i in range(6))
+
+
 # ---- anchored infilling ------------------------------------------------------------------------
 
 STUBS = 'import math\r\n\r\n\r\ndef median(xs):\r\n    """Middle value."""\r\n    ...\r\n\r\n\r\ndef norm(v):\r\n    pass\r\n'
@@ -455,6 +550,24 @@ def test_infill_options(repo, dream_ckpt, fake_generate):
     assert code == 3 and NO_EDIT.search(err) and fake_generate[0][1] == ""   # chat format, no suffix
     code, _, err = run(["code", "--infill", "--model", str(dream_ckpt), "implement mean"])
     assert code == 2 and "--infill: no stub function" in err
+
+
+def test_show_context_in_infill_mode_lists_the_regions_as_sent(repo, dream_ckpt, fake_generate):
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    args = ["code", "--model", str(dream_ckpt), "--gen-length", "32", "implement median"]
+    code, out, err = run([*args[:1], "--show-context", "--json", *args[1:]])
+    assert code == 0, err
+    data = json.loads(out)
+    (region,) = data["regions"]
+    assert data["mode"] == "infill" and data["gen_length"] == 32
+    assert (region["path"], region["function"], region["lines"]) == ("src/median.py", "median", [6, 6])
+    code, out, _ = run([*args[:1], "--show-context", *args[1:]])
+    assert code == 0 and "body of median (lines 6-6)" in out and "the prompt's wording is not sent" in out
+    assert not fake_generate                                              # nothing was denoised
+    code, out, err = run([*args, "--json", "--dry-run"], input="a piped log\n")
+    assert code == 0, err
+    assert json.loads(out)["prompt_tokens"] == region["prefix_tokens"] + region["suffix_tokens"]
+    assert "piped input not sent: in infill mode" in err and "a piped log" not in "".join(fake_generate[0])
 
 
 def test_infill_with_a_real_tiny_checkpoint(repo, dream_ckpt):

@@ -52,6 +52,18 @@ def test_model_choice_order(tmp_path, monkeypatch):
     assert resolve_model("/from/flag") == "/from/flag"
 
 
+def test_user_config_device_and_dtype_under_xdg(tmp_path, monkeypatch):
+    from dllm_cli.cli import device_choice, dtype_choice
+
+    monkeypatch.delenv("DLLM_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert (device_choice(None), dtype_choice(None)) == ("auto", "auto")
+    (tmp_path / "dllm").mkdir()
+    (tmp_path / "dllm/config.json").write_text(json.dumps({"device": "cpu", "dtype": "bfloat16"}))
+    assert (device_choice(None), dtype_choice(None)) == ("cpu", "bfloat16")
+    assert (device_choice("cuda:1"), dtype_choice("float32")) == ("cuda:1", "float32")  # options win
+
+
 def test_broken_user_config_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DLLM_HOME", str(tmp_path))
     (tmp_path / "config.json").write_text("{not json")

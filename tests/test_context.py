@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from dllm_cli.context import (MAX_FILE_BYTES, ContextFile, gather, is_secret, mentions, prompt_words,
-                              rank, read_stdin)
+from dllm_cli.context import (MAX_FILE_BYTES, Context, ContextFile, Skipped, gather, is_secret, mentions,
+                              prompt_words, rank, read_stdin)
 from dllm_cli.errors import UsageError
 
 
@@ -118,6 +118,24 @@ def test_budget_named_too_big_is_an_error_ranked_is_skipped(repo):
     ctx = gather("mean pager page_count", count_tokens=words, budget=16, cwd=repo)
     assert ctx.tokens <= 16
     assert any("over the token budget" in s.reason for s in ctx.skipped)
+
+
+def test_report_lines_name_user_skips_and_count_ranked_ones(repo):
+    for i in range(4):
+        (repo / f"src/mean_{i}.py").write_text("def mean(xs):\n" + "    total = mean(xs) + 1\n" * 40)
+    ctx = gather("fix mean, see @src/mean_0.py", [".env", "logo.png"], count_tokens=words, budget=60,
+                 cwd=repo)
+    assert "src/stats.py" in [f.path for f in ctx.files]
+    ranked = sorted(s.path for s in ctx.skipped if s.ranked)
+    assert ranked == ["src/mean_1.py", "src/mean_2.py", "src/mean_3.py"]
+    lines = ctx.report_lines()
+    assert lines[:2] == ["not sent: .env (secret: never sent)", "not sent: logo.png (binary)"]
+    assert lines[2].startswith("not sent: src/mean_0.py (over the token budget (")   # mentioned: by name
+    assert lines[3:] == ["3 relevant files not sent: over the token budget; --show-context lists them"]
+    one = Context(repo, True, (), None, 0, 10, (Skipped("a.py", "over the token budget (9 > 1 left)", True),
+                                               Skipped("b.py", "unreadable (Permission denied)", True)))
+    assert one.report_lines() == ["1 relevant file not sent: over the token budget; --show-context lists them",
+                                  "1 relevant file not sent: unreadable; --show-context lists them"]
 
 
 def test_named_directory_expands_to_its_files(repo):

@@ -196,6 +196,34 @@ def test_failure_during_renames_rolls_everything_back(repo, monkeypatch):
     assert not (tmp_state(repo) / "journal").exists() or not list((tmp_state(repo) / "journal").glob("*.json"))
 
 
+def test_ctrl_c_while_writing_rolls_the_apply_back_and_lets_an_undo_finish(repo, monkeypatch):
+    import signal
+
+    a = write(repo, "a.py", "a\n")
+    b = write(repo, "b.py", "b\n")
+    patch = P.build_patch(repo, [whole("a.py", "A\n"), whole("new/c.py", "C\n"), whole("b.py", "B\n")])
+    real_replace = os.replace
+
+    def interrupted_after_the_first(src, dst):
+        real_replace(src, dst)
+        if str(dst).endswith("a.py"):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C with a.py already written
+
+    monkeypatch.setattr(os, "replace", interrupted_after_the_first)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        P.apply_patch(repo, patch, state_dir=tmp_state(repo))
+    assert a.read_bytes() == b"a\n" and b.read_bytes() == b"b\n" and not (repo / "new").exists()
+    assert not list((tmp_state(repo) / "journal").glob("*.json"))  # nothing to undo: nothing applied
+    assert signal.getsignal(signal.SIGINT) is handler
+    monkeypatch.setattr(os, "replace", real_replace)
+    P.apply_patch(repo, patch, state_dir=tmp_state(repo))  # without Ctrl-C: applied
+    assert a.read_bytes() == b"A\n" and (repo / "new/c.py").read_bytes() == b"C\n"
+    monkeypatch.setattr(os, "replace", interrupted_after_the_first)
+    P.undo(repo, state_dir=tmp_state(repo))  # an undo that has started writing finishes
+    assert (a.read_bytes(), b.read_bytes(), (repo / "new").exists()) == (b"a\n", b"b\n", False)
+
+
 def tmp_state(root):
     return root / ".git" / "dllm"
 

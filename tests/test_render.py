@@ -204,3 +204,19 @@ def test_render_context_lists_files_skips_and_budget(tmp_path):
     out = con.file.getvalue()
     assert "a.py" in out and "12" in out and "(stdin)" in out and "not sent: secret" in out
     assert "17 of 100 context tokens" in out and "note: piped input cut" in out
+
+
+def test_loading_is_a_progress_bar_on_a_terminal_and_one_line_on_a_pipe():
+    from dllm_cli.render import loading
+
+    con = Console(file=io.StringIO(), width=80, force_terminal=True, force_interactive=True,
+                  color_system="standard", legacy_windows=False)
+    with loading(con, "tiny (float32) on cpu"):
+        time.sleep(0.05)
+    drawn = con.file.getvalue()
+    assert "loading tiny (float32) on cpu" in drawn and "0:00:00" in drawn  # bar with elapsed time
+    assert "\x1b[2K" in drawn  # transient: erased when loading ends
+    pipe = console(terminal=False)
+    with loading(pipe, "tiny (float32) on cpu"):
+        pass
+    assert pipe.file.getvalue() == "dllm: loading tiny (float32) on cpu ...\n"

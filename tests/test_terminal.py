@@ -1,4 +1,5 @@
-"""The real program in a real terminal: tmux runs `dllm`, we type keys and read the pane.
+"""The real program in a real terminal: tmux runs `dllm`, we type keys and read the pane, and
+record the raw output where the screen alone cannot show it (the live frames are transient).
 
 Skipped only when tmux is not installed (.ci/run installs it)."""
 
@@ -62,6 +63,10 @@ class Pane:
             time.sleep(0.1)
         raise AssertionError(f"{text!r} did not appear within {timeout} s:\n{self.screen()}")
 
+    def record(self, path: Path) -> None:
+        """Append everything the program writes to the pane (escape codes included) to `path`."""
+        self.tmux("pipe-pane", "-t", "t", f"cat >> {shlex.quote(str(path))}")
+
     def keys(self, *keys: str) -> None:
         self.tmux("send-keys", "-t", "t", *keys)
 
@@ -93,8 +98,10 @@ def pane(repo, tmp_path):
     env = {"DLLM_HOME": str(tmp_path / "home"), "PATH": os.environ.get("PATH", ""), "TERM": "xterm-256color",
            "HOME": os.environ.get("HOME", str(tmp_path)), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
 
-    def start(args: str) -> Pane:
-        panes.append(Pane(repo, f"{shlex.quote(sys.executable)} -m dllm_cli {args}", env))
+    def start(args: str, delay: float = 0.0) -> Pane:
+        """`dllm ARGS` in a new pane; `delay`: seconds to wait first (time to start a recording)."""
+        wait = f"sleep {delay}; " if delay else ""
+        panes.append(Pane(repo, f"{wait}{shlex.quote(sys.executable)} -m dllm_cli {args}", env))
         return panes[-1]
 
     yield start
@@ -121,10 +128,18 @@ def test_ctrl_c_at_the_prompt_exits_130_untouched(pane, repo):
     assert "interrupted" in p.screen() and (repo / "src/stats.py").read_text() == ORIGINAL
 
 
-def test_live_denoising_view_in_a_real_terminal(pane, repo, dream_ckpt):
-    p = pane(f"code --model {shlex.quote(str(dream_ckpt))} --gen-length 64 'make mean safe'")
+def test_live_denoising_view_in_a_real_terminal(pane, repo, dream_ckpt, tmp_path):
+    from dllm_cli.render import MASK_GLYPH
+
+    raw = tmp_path / "pane.log"
+    p = pane(f"code --model {shlex.quote(str(dream_ckpt))} --gen-length 64 'make mean safe'", delay=1.0)
+    p.record(raw)
     assert p.exit_code(timeout=60) == 3  # random weights: gibberish, no edit found
+    drawn = raw.read_text(encoding="utf-8", errors="replace")
+    assert "loading " in drawn and "━" in drawn  # the progress bar while the weights load
+    assert MASK_GLYPH in drawn and "step 1 · " in drawn  # live frames: masks and the status line
     screen = p.screen()
     assert "tokens in" in screen and "tok/s" in screen
+    assert "dllm: step" not in screen  # a terminal gets the live canvas, not the one-line progress
     assert "no edit found" in screen or "cannot read the model's answer" in screen
     assert "Traceback" not in screen and (repo / "src/stats.py").read_text() == ORIGINAL
