@@ -25,7 +25,7 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .errors import DllmError, NotConfirmed, PatchError, UsageError
+from .errors import DllmError, Interrupted, NotConfirmed, PatchError, UsageError
 
 EXAMPLES = """Examples:
 
@@ -419,10 +419,29 @@ def infill_code(ui: Ui, lm, model_path: str, regions: list, cfg, opts: "ReviewOp
     gen = Generation("".join(g.text for g in reversed(gens)), sum(g.gen_tokens for g in gens),
                      sum(g.steps for g in gens), sum(g.forwards for g in gens), sum(g.seconds for g in gens))
     report = Report(model=opts.model_name, prompt_tokens=prompt_tokens, gen=gen)
+    for path, text in texts.items():
+        problem = syntax_problem(path, text)
+        if problem:
+            ui.say(f"dllm: warning: {path} would not compile with this body ({problem}); "
+                   "read the diff before applying", style="yellow")
     edits = [Edit(path, None, text, "whole_file") for path, text in texts.items()]
     with report.on_error(ui):
         outcome = review_edits(edits, root, opts, ui)
     report.emit(ui, outcome)
+
+
+def syntax_problem(path: str, text: str) -> str | None:
+    """For a Python file: the first syntax error of `text` ("line N: message"), else None.
+    Only compiled, never run."""
+    if not path.endswith(".py"):
+        return None
+    try:
+        compile(text, path, "exec", dont_inherit=True)
+    except SyntaxError as err:
+        return f"line {err.lineno}: {err.msg}"
+    except ValueError as err:  # e.g. a NUL byte in the generated text
+        return str(err)
+    return None
 
 
 def infill_context(model_path: str) -> int:
@@ -585,7 +604,11 @@ def apply(root: Path, patch, opts: ReviewOptions, outcome: Outcome, ui: Ui) -> O
     files = ", ".join(patch.files)
     ui.say(f"dllm: applied to {files}; `dllm undo` reverts it", style="green")
     if opts.commit_message:
-        commit_patch(root, applied, opts.commit_message, opts.model_name)
+        try:
+            commit_patch(root, applied, opts.commit_message, opts.model_name)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while committing; the patch is applied but not committed "
+                              "(`dllm undo` reverts it)") from None
         ui.say("dllm: committed", style="green")
     return outcome
 

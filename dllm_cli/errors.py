@@ -43,3 +43,9 @@ class NotConfirmed(DllmError):
     """The user declined, or there was no TTY to ask and no --yes (exit 4)."""
 
     exit_code = 4
+
+
+class Interrupted(DllmError):
+    """Ctrl-C at a point where something was already changed: the message says what (exit 130)."""
+
+    exit_code = 130

@@ -645,3 +645,29 @@ def test_bench_passes_options_through_and_prints_json(monkeypatch, tmp_path):
 def test_bench_usage_errors(args, words):
     code, out, err = run(["bench", *args])
     assert code == 2 and words in err and out == ""
+
+
+def test_infill_warns_when_the_body_does_not_compile(repo, dream_ckpt, monkeypatch):
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    monkeypatch.setattr(cli, "generate", lambda ui, lm, p, cfg, suffix_ids=None:
+                        cli.Generation("return (xs\n", 3, 1, 1, 0.1))
+    code, out, err = run(["code", "--dry-run", "--model", str(dream_ckpt), "implement median"])
+    assert code == 0 and "+return (xs" in out
+    assert "warning: src/median.py would not compile with this body (line " in err
+    assert cli.syntax_problem("a.py", "x = 1\n") is None and cli.syntax_problem("a.txt", "(") is None
+
+
+def test_ctrl_c_while_committing_says_the_patch_is_applied(repo, dream_ckpt, fake_generate, monkeypatch):
+    import dllm_cli.patch as patch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(patch, "commit_patch", interrupted)
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    git(repo, "add", "src/median.py")
+    git(repo, "-c", "user.email=t@e", "-c", "user.name=t", "commit", "-qm", "stubs")
+    code, out, err = run(["code", "--yes", "--commit", "--model", str(dream_ckpt), "implement median"])
+    assert code == 130 and "applied but not committed" in err and "nothing was changed" not in err
+    assert "return sorted(xs)" in (repo / "src/median.py").read_text()
+    assert run(["undo"])[0] == 0 and (repo / "src/median.py").read_text() == STUBS.replace("\r\n", "\n")
