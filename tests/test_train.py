@@ -280,3 +280,17 @@ def test_infill_eval_on_a_tiny_checkpoint(dream_ckpt):
     assert res["bodies"] == 2 and 0 <= res["body_compiles"] <= res["body_compiles_any"] <= 1
     assert evaluate.is_stub_body("    pass\n") and evaluate.is_stub_body("    # later\n    ...\n")
     assert not evaluate.is_stub_body("    return 1\n")
+
+
+def test_second_phase_starts_from_the_checkpoint(data_dir, tok_dir, tmp_path):
+    from dllm_cli.train.model import load_checkpoint
+    from dllm_cli.train.train import init_model, train
+    first = train(_tiny(max_steps=2, seq_len=256), data_dir, tok_dir, tmp_path / "a", echo=False)
+    model = init_model(_tiny(init=str(first)))
+    want = load_checkpoint(first).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="not the preset's"):
+        init_model(_tiny(init=str(first), model=replace(_tiny().model, hidden_size=64)))
+    second = train(_tiny(max_steps=2, seq_len=256, init=str(first), seed=1), data_dir, tok_dir,
+                   tmp_path / "b", echo=False)
+    assert not torch.equal(load_checkpoint(second).model.norm.weight, want["model.norm.weight"])

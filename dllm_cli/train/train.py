@@ -47,6 +47,7 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"          # "cuda" for the gpu preset
     autocast_bf16: bool = False  # bf16 autocast (GPU only: ~20x slower than fp32 on CPU)
+    init: str | None = None      # start from this checkpoint's weights (a second phase); fresh optimizer
 
 
 PRESETS: dict[str, TrainConfig] = {
@@ -148,6 +149,17 @@ def heldout_rows(stream: np.ndarray, seq_len: int, n: int) -> torch.Tensor:
     return torch.from_numpy(stream[: n * seq_len].astype(np.int64).reshape(n, seq_len))
 
 
+def init_model(cfg: TrainConfig) -> DreamLM:
+    """A fresh model, or the weights of `cfg.init` (whose shapes must be the preset's)."""
+    if not cfg.init:
+        return DreamLM(cfg.model)
+    from dllm_cli.train.model import load_checkpoint
+    model = load_checkpoint(Path(cfg.init))
+    if model.cfg != cfg.model:
+        raise ValueError(f"{cfg.init}: its model config {model.cfg} is not the preset's {cfg.model}")
+    return model
+
+
 def make_optimizer(model: DreamLM, cfg: TrainConfig):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -190,7 +202,7 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
     infill = load_sft(data_dir / "infill_train.npz") if cfg.infill_ratio > 0 else None
     eval_rows = heldout_rows(np.load(data_dir / "heldout_tokens.npy"), cfg.seq_len, 32)
     dev = torch.device(cfg.device)
-    model = DreamLM(cfg.model).to(dev)
+    model = init_model(cfg).to(dev)
     eval_rows = eval_rows.to(dev)
     opt = make_optimizer(model, cfg)
     gen_np, gen_t = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
