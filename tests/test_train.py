@@ -294,3 +294,15 @@ def test_second_phase_starts_from_the_checkpoint(data_dir, tok_dir, tmp_path):
     second = train(_tiny(max_steps=2, seq_len=256, init=str(first), seed=1), data_dir, tok_dir,
                    tmp_path / "b", echo=False)
     assert not torch.equal(load_checkpoint(second).model.norm.weight, want["model.norm.weight"])
+
+
+def test_train_command_passes_phase_two_options(monkeypatch, tmp_path):
+    import dllm_cli.train.train as train_mod
+    from dllm_cli.train.__main__ import main
+    seen = {}
+    monkeypatch.setattr(train_mod, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    main(["train", "--preset", "tiny", "--init", str(tmp_path), "--lr", "3e-4", "--warmup-steps", "7",
+          "--seed", "4", "--time-budget", "60"])
+    cfg = seen["cfg"]
+    assert (cfg.lr, cfg.warmup_steps, cfg.seed, cfg.time_budget_s, cfg.init) == (3e-4, 7, 4, 60, str(tmp_path))
+    assert train_mod.PRESETS["tiny"].lr != 3e-4

@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-steps", type=int, default=None, help="fixed length (disables the time budget)")
     r.add_argument("--time-budget", type=float, default=None, help="seconds; sets max_steps from speed")
     r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the preset's)")
+    r.add_argument("--warmup-steps", type=int, default=None, help="default: the preset's")
     r.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint's weights (a second phase; fresh optimizer and schedule)")
     k = sub.add_parser("package", help="copy a trained checkpoint and its data record into weights/")
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             cfg = replace(cfg, threads=args.threads)
         if args.init is not None:
             cfg = replace(cfg, init=str(args.init))
+        if args.lr is not None:
+            cfg = replace(cfg, lr=args.lr)
+        if args.warmup_steps is not None:
+            cfg = replace(cfg, warmup_steps=args.warmup_steps)
         print(train(cfg, args.data, args.tokenizer, args.run, command=command))
     elif args.cmd == "package":
         from dllm_cli.train.train import package
