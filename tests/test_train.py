@@ -184,7 +184,13 @@ def test_two_steps_give_a_checkpoint_the_engine_loads(data_dir, tok_dir, tmp_pat
     corpus.build_corpus(tmp_path / "corpus", *roots)
     shipped = package(ckpt, tmp_path / "corpus", tmp_path / "weights" / "mini")
     assert "| goodpkg | 1.0 | MIT |" in (shipped / "DATA.md").read_text()
-    assert (shipped / "train_log.jsonl").is_file()
+    assert (shipped / "train_log.jsonl").read_text() == (tmp_path / "run" / "train_log.jsonl").read_text()
+    (tmp_path / "phase1.jsonl").write_text('{"event": "start"}\n')
+    package(ckpt, tmp_path / "corpus", shipped, logs=[tmp_path / "phase1.jsonl", tmp_path / "run" / "train_log.jsonl"])
+    joined = (shipped / "train_log.jsonl").read_text()
+    assert joined.startswith('{"event": "start"}\n') and joined.endswith((tmp_path / "run" / "train_log.jsonl").read_text())
+    with pytest.raises(ValueError, match="training log not found"):
+        package(ckpt, tmp_path / "corpus", shipped, logs=[tmp_path / "nope.jsonl"])
     assert load_model(str(shipped)).spec.family == "dllm"
 
 

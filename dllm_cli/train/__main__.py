@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--checkpoint", type=Path, default=Path("runs/cpu-mini/checkpoint"))
     k.add_argument("--corpus", type=Path, default=Path("data/corpus"))
     k.add_argument("--out", type=Path, default=Path("weights/dllm-coder-mini"))
+    k.add_argument("--log", type=Path, action="append", default=None,
+                   help="training log to ship (repeatable, in order: one per phase); "
+                        "default: the checkpoint's run's train_log.jsonl")
     e = sub.add_parser("eval", help="evaluate a checkpoint folder")
     e.add_argument("--model", type=Path, default=Path("weights/dllm-coder-mini"))
     e.add_argument("--corpus", type=Path, default=Path("data/corpus"))
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(train(cfg, args.data, args.tokenizer, args.run, command=command))
     elif args.cmd == "package":
         from dllm_cli.train.train import package
-        print(package(args.checkpoint, args.corpus, args.out))
+        print(package(args.checkpoint, args.corpus, args.out, args.log))
     elif args.cmd == "eval":
         from dllm_cli.train.evaluate import run_eval
         figures = run_eval(args.model, args.corpus, n_infill=args.n_infill, n_bodies=args.n_bodies,

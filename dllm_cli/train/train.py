@@ -246,8 +246,10 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
     return ckpt
 
 
-def package(checkpoint: Path, corpus_dir: Path, out: Path) -> Path:
-    """Copy the model files, the training log and the data record into the shipped folder."""
+def package(checkpoint: Path, corpus_dir: Path, out: Path, logs: list[Path] | None = None) -> Path:
+    """Copy the model files, the training log and the data record into the shipped folder.
+    `logs`: the training logs to ship, in order, joined into one train_log.jsonl (a run in two
+    phases has two); default: the checkpoint's own run's log."""
     from dllm_cli.train.corpus import data_markdown
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors", "training_state.json") + TOKENIZER_FILES:
@@ -255,9 +257,13 @@ def package(checkpoint: Path, corpus_dir: Path, out: Path) -> Path:
     cfg = json.loads((out / "config.json").read_text())
     cfg["dllm_family"] = "dllm"   # checkpoint.guess_family: our own recipe, not Dream's
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
-    log = checkpoint.parent / "train_log.jsonl"
-    if log.is_file():
-        shutil.copy(log, out / "train_log.jsonl")
+    if logs is None:
+        logs = [log for log in [checkpoint.parent / "train_log.jsonl"] if log.is_file()]
+    missing = [str(log) for log in logs if not log.is_file()]
+    if missing:
+        raise ValueError(f"training log not found: {', '.join(missing)}")
+    if logs:
+        (out / "train_log.jsonl").write_text("".join(log.read_text() for log in logs))
     manifest = json.loads((corpus_dir / "manifest.json").read_text())
     (out / "data_manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (out / "DATA.md").write_text(data_markdown(manifest))
