@@ -222,11 +222,14 @@ def infill_cases(docs: list[dict], n: int, seed: int, max_chars: int = 300) -> l
     return out[:n]
 
 
-def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context: int = 512) -> dict:
-    """`dllm code`'s infill path on each case; the patched file must compile."""
+def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context: int = 512,
+                    cfg=None) -> dict:
+    """`dllm code`'s infill path on each case; the patched file must compile. `cfg`: the
+    sampler (default: dllm's default recipe at `gen_length`)."""
     from dllm_cli.config import SamplerConfig
     from dllm_cli.sampler import cut_at_stop, denoise
-    cfg = SamplerConfig(gen_length=gen_length, seed=seed)   # dllm's default (fast) recipe
+    cfg = cfg if cfg is not None else SamplerConfig(gen_length=gen_length, seed=seed)
+    gen_length = cfg.gen_length
     tok = model.tokenizer
     ok = raw = exact = 0
     examples = []
