@@ -8,6 +8,7 @@ resolve → load → gather context → build prompt → denoise (live) → deco
 build patch → show diff → confirm → apply; in infill mode (stub functions named by the
 prompt) each stub's body is denoised between the file's prefix and suffix instead, and the
 rewritten files go through the same review.
+The review-and-apply path lives in `review.py`, the two streams in `ui.py`.
 Must not import torch (or the engine) at import time: `dllm --help` and `dllm --version`
 stay instant. Heavy imports live inside the command bodies.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,7 +26,9 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .errors import DllmError, Interrupted, NotConfirmed, PatchError, UsageError
+from .errors import DllmError, PatchError, UsageError
+from .review import Report, ReviewOptions, review_edits, review_output
+from .ui import Ui, isatty, write_json
 
 EXAMPLES = """Examples:
 
@@ -62,40 +65,6 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = None) -> None:
     """dllm: prompt + repository context → live denoising → reviewed patch → atomic apply."""
-
-
-# ---- what the terminal can do -------------------------------------------------------------
-
-@dataclass
-class Ui:
-    """The two streams and what they allow: people read stderr, programs read stdout."""
-
-    err: object  # rich Console on stderr
-    out: object  # rich Console on stdout
-    live: bool  # draw the live canvas (stderr is an interactive terminal, not --no-live)
-    can_confirm: bool  # stdin and stderr are terminals: we may ask
-    json: bool = False
-    prompt_input: object = None  # prompt-toolkit Input/Output for the confirm prompt (None: the
-    prompt_output: object = None  # terminal; tests pass a pipe input and a dummy output)
-
-    @classmethod
-    def detect(cls, *, json_out: bool = False, no_live: bool = False) -> "Ui":
-        from .render import make_console
-
-        err, out = make_console(stderr=True), make_console(stderr=False)
-        live = err.is_interactive and not no_live
-        can_confirm = _isatty(sys.stdin) and _isatty(sys.stderr)  # TERM=dumb may still answer
-        return cls(err, out, live, can_confirm, json_out)
-
-    def say(self, message: str, style: str | None = None) -> None:
-        self.err.print(message, style=style, markup=False, highlight=False)
-
-
-def _isatty(stream) -> bool:
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 # ---- dllm code ------------------------------------------------------------------------------
@@ -336,7 +305,7 @@ def show_context_only(ui: Ui, model_path: str, task: str, paths: list[str], stdi
                 "stdin_tokens": ctx.stdin_tokens,
                 "skipped": [{"path": s.path, "reason": s.reason, "ranked": s.ranked} for s in ctx.skipped],
                 "notes": list(ctx.notes)}
-        _write_json(ui, data)
+        write_json(ui, data)
         return
     render_context(ui.out, ctx)
 
@@ -478,7 +447,7 @@ def show_infill_context(ui: Ui, model_path: str, regions: list, gen_length: int)
         rows.append({"path": r.path, "function": r.name, "lines": [r.start + 1, r.end],
                      "prefix_tokens": len(pre), "suffix_tokens": len(suf)})
     if ui.json:
-        _write_json(ui, {"mode": "infill", "root": str(root), "gen_length": gen_length,
+        write_json(ui, {"mode": "infill", "root": str(root), "gen_length": gen_length,
                          "context": context, "regions": rows})
         return
     render_infill_context(ui.out, rows, gen_length, context)
@@ -497,181 +466,6 @@ def fill_region(ui: Ui, lm, text: str, region, cfg, context: int) -> tuple[str, 
         raise PatchError(f"{region.path}: the model wrote nothing for {what}; raise --gen-length, "
                          "or try --no-infill")
     return prefix + body + suffix, gen, len(pre) + len(suf)
-
-
-# ---- review and apply --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ReviewOptions:
-    yes: bool = False
-    dry_run: bool = False
-    commit_message: str | None = None  # --commit: the commit's subject
-    model_name: str = ""
-    save: bool = True  # keep the patch in the state dir (generated patches)
-
-
-@dataclass
-class Outcome:
-    patch: object | None = None  # patch.Patch
-    applied: bool = False
-    saved: Path | None = None
-    exit_code: int = 0
-
-
-def review_output(output: str, root: Path, opts: ReviewOptions, ui: Ui) -> Outcome:
-    """The post-generation pipeline: decoded text → edits → patch → diff → confirm → apply."""
-    from .edits import parse_edits
-
-    edits = parse_edits(output)
-    if not edits:
-        raise PatchError("no edit found in the model output; rephrase the request, "
-                         "name the file to change, or raise --gen-length")
-    return review_edits(edits, root, opts, ui)
-
-
-def review_edits(edits, root: Path, opts: ReviewOptions, ui: Ui) -> Outcome:
-    """Build, save, show, confirm, apply. A DllmError leaves with `.outcome` (for --json)."""
-    from .patch import build_patch
-
-    patch = build_patch(root, edits)
-    if patch.is_empty:
-        raise PatchError("the edits change nothing in the files; nothing to apply")
-    outcome = Outcome(patch=patch)
-    try:
-        return _decide(root, patch, opts, outcome, ui)
-    except DllmError as err:
-        err.outcome = outcome
-        raise
-
-
-def _decide(root: Path, patch, opts: ReviewOptions, outcome: Outcome, ui: Ui) -> Outcome:
-    from .patch import save_patch, state_dir_for
-
-    if opts.save:
-        outcome.saved = save_patch(patch, state_dir_for(root))
-        ui.say(f"dllm: patch saved to {outcome.saved}", style="dim")
-    if opts.dry_run:
-        _print_diff(ui, patch.diff)
-        return outcome
-    if not opts.yes:
-        outcome.patch = patch = confirm(root, patch, outcome, ui)
-    elif not ui.out.is_terminal:
-        _print_diff(ui, patch.diff)
-    else:
-        _show_diff(ui, patch.diff)
-    return apply(root, patch, opts, outcome, ui)
-
-
-def confirm(root: Path, patch, outcome: Outcome, ui: Ui):
-    """Ask yes / no / edit / save; return the (possibly edited) patch to apply."""
-    from .edits import parse_unified_diff
-    from .patch import build_patch
-    from .render import ask_confirm, ask_text, edit_in_editor
-
-    if not ui.can_confirm:
-        _print_diff(ui, patch.diff)
-        where = f" (saved: {outcome.saved})" if outcome.saved else ""
-        raise NotConfirmed(f"no terminal to confirm on and no --yes; the diff is on stdout{where}; "
-                           "rerun with --yes, or apply it with `dllm apply FILE`")
-    while True:
-        _show_diff(ui, patch.diff)
-        choice = ask_confirm(input=ui.prompt_input, output=ui.prompt_output)
-        if choice == "yes":
-            return patch
-        if choice == "edit":
-            patch = build_patch(root, parse_unified_diff(edit_in_editor(patch.diff)))
-            if patch.is_empty:
-                raise NotConfirmed("the edited patch changes nothing; nothing was applied")
-            continue
-        if choice == "save":
-            target = ask_text("save the patch to", "dllm.patch", input=ui.prompt_input,
-                              output=ui.prompt_output)
-            if target:
-                try:
-                    Path(target).expanduser().write_text(patch.diff, encoding="utf-8")
-                except OSError as exc:
-                    raise DllmError(f"{target}: cannot save the patch ({exc.strerror or exc}); nothing "
-                                    f"was applied; it is also kept at {outcome.saved}") from None
-                raise NotConfirmed(f"patch saved to {target}; not applied (apply it with `dllm apply {target}`)")
-        raise NotConfirmed("declined; nothing was changed")
-
-
-def apply(root: Path, patch, opts: ReviewOptions, outcome: Outcome, ui: Ui) -> Outcome:
-    from .patch import apply_patch, commit_patch, state_dir_for
-
-    applied = apply_patch(root, patch, state_dir=state_dir_for(root))
-    outcome.applied = True
-    files = ", ".join(patch.files)
-    ui.say(f"dllm: applied to {files}; `dllm undo` reverts it", style="green")
-    if opts.commit_message:
-        try:
-            commit_patch(root, applied, opts.commit_message, opts.model_name)
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted while committing; the patch is applied but not committed "
-                              "(`dllm undo` reverts it)") from None
-        ui.say("dllm: committed", style="green")
-    return outcome
-
-
-def _show_diff(ui: Ui, diff: str) -> None:
-    from .render import render_diff
-
-    render_diff(ui.err, diff)
-
-
-def _print_diff(ui: Ui, diff: str) -> None:
-    """The diff as data on stdout (not in --json mode, where it is a field)."""
-    from .render import print_data
-
-    if not ui.json:
-        print_data(diff, ui.out, syntax="diff")
-
-
-@dataclass
-class Report:
-    """The --json object of `dllm code` (one line on stdout, also when the patch fails)."""
-
-    model: str
-    prompt_tokens: int
-    gen: Generation
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self, outcome: Outcome | None, exit_code: int, error: str | None = None) -> dict:
-        patch = outcome.patch if outcome else None
-        g = self.gen
-        data = {"model": self.model, "prompt_tokens": self.prompt_tokens, "gen_tokens": g.gen_tokens,
-                "steps": g.steps, "forwards": g.forwards, "seconds": round(g.seconds, 4),
-                "tokens_per_second": round(g.tokens_per_second, 2), "output": g.text,
-                "patch": patch.diff if patch is not None else None,
-                "files": list(patch.files) if patch is not None else [],
-                "applied": bool(outcome and outcome.applied), "exit_code": exit_code}
-        if error:
-            data["error"] = error
-        return data
-
-    def emit(self, ui: Ui, outcome: Outcome) -> None:
-        if ui.json:
-            _write_json(ui, self.as_dict(outcome, 0))
-
-    def on_error(self, ui: Ui):
-        """In --json mode, a DllmError after generation still prints the object (then re-raises)."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def guard():
-            try:
-                yield
-            except DllmError as err:
-                if ui.json:
-                    _write_json(ui, self.as_dict(getattr(err, "outcome", None), err.exit_code, str(err)))
-                raise
-
-        return guard()
-
-
-def _write_json(ui: Ui, data) -> None:
-    ui.out.file.write(json.dumps(data, ensure_ascii=False) + "\n")
-    ui.out.file.flush()
 
 
 # ---- dllm apply / undo ------------------------------------------------------------------------
@@ -696,7 +490,7 @@ def apply_command(
 
 def _read_source(source: str) -> str:
     if source == "-":
-        if _isatty(sys.stdin):
+        if isatty(sys.stdin):
             raise UsageError("FILE is '-' but stdin is a terminal; pipe a diff: git diff | dllm apply -")
         return sys.stdin.read()
     try:
@@ -739,7 +533,7 @@ def models(
     chosen = resolve_model_path(None)
     rows = [describe_model(source, folder, chosen) for source, folder in model_candidates(paths or [])]
     if json_out:
-        _write_json(ui, rows)
+        write_json(ui, rows)
         return
     from rich.table import Table
 
@@ -876,7 +670,7 @@ def bench(
     report = run_bench(model_path, shape=shape, device=device_choice(device), dtype=dtype_choice(dtype),
                        gen_length=gen_length, ks=tuple(k or ()))
     if json_out:
-        _write_json(ui, report.as_dict())
+        write_json(ui, report.as_dict())
     else:
         ui.out.file.write(format_report(report).rstrip("\n") + "\n")
         ui.out.file.flush()

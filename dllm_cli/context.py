@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Sequence
 
 from .errors import UsageError
 from .prompt import format_file
+from .ui import isatty
 
 MAX_FILE_BYTES = 256 * 1024  # a bigger file is "huge": never sent
 STDIN_CAP_BYTES = 64 * 1024  # piped stdin beyond this is cut (and said so)
@@ -174,7 +175,7 @@ def read_stdin(stream, cap: int = STDIN_CAP_BYTES) -> tuple[str | None, str | No
     """(text, note) from piped stdin; (None, None) when stdin is a terminal or empty.
 
     Reads only when `stream` is not a TTY, at most `cap` bytes (+1 to detect the cut)."""
-    if stream is None or _isatty(stream):
+    if stream is None or isatty(stream):
         return None, None
     raw = getattr(stream, "buffer", stream).read(cap + 1)
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
@@ -184,13 +185,6 @@ def read_stdin(stream, cap: int = STDIN_CAP_BYTES) -> tuple[str | None, str | No
         note = f"piped input cut to its first {cap // 1024} KiB"
     text = data.decode("utf-8", errors="replace")
     return (text if text.strip() else None), note
-
-
-def _isatty(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
 
 
 # ---- ranking -----------------------------------------------------------------------------
