@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -284,8 +285,30 @@ def _allowed(kind: str, path: Path, allow_pickle: bool) -> str:
 
 # ---- strict loading -------------------------------------------------------------------------
 
+_INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "xavier_uniform_",
+                 "zeros_", "ones_", "constant_")
+
+
+@contextmanager
+def _initialisers_skipped():
+    """torch.nn.init's in-place initialisers become no-ops: every tensor of a meta-built model
+    is loaded afterwards, and on the meta device they import torch._dynamo (1-2 s of start-up)."""
+    saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
+    for name in _INITIALISERS:
+        setattr(torch.nn.init, name, _unchanged)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def _unchanged(tensor, *args, **kwargs):
+    return tensor
+
+
 def build_on_meta(spec: ModelSpec, dtype: torch.dtype) -> DiffusionModel:
-    with torch.device("meta"):
+    with torch.device("meta"), _initialisers_skipped():
         model = MODEL_CLASSES[spec.layout](spec)
     return model.to(dtype)
 

@@ -96,6 +96,8 @@ except SystemExit:
     pass
 print("SECONDS", time.perf_counter() - t, file=sys.stderr)
 print("TORCH", "torch" in sys.modules, "transformers" in sys.modules, file=sys.stderr)
+import os
+print("OMP", os.environ.get("OMP_WAIT_POLICY"), file=sys.stderr)
 """
 
 
@@ -105,6 +107,14 @@ def probe(args, cwd=None, env=None):
                           env={**os.environ, **(env or {})})
     lines = dict(line.split(" ", 1) for line in done.stderr.splitlines() if line.startswith(("SECONDS", "TORCH")))
     return done, float(lines["SECONDS"]), lines["TORCH"]
+
+
+def test_openmp_threads_do_not_spin_unless_the_user_says_so(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    done, _, _ = probe(["--version"])
+    assert "OMP PASSIVE" in done.stderr
+    done, _, _ = probe(["--version"], env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert "OMP ACTIVE" in done.stderr
 
 
 @pytest.mark.parametrize("args, expect", [(["--help"], "Examples:"), (["--version"], "dllm 0.1.0"),
