@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from dllm_cli import match as M
 from dllm_cli import patch as P
 from dllm_cli.edits import Edit, parse_edits, parse_unified_diff
 from dllm_cli.errors import DllmError, PatchError
@@ -49,41 +50,41 @@ FILE = "def f(x):\n    if x:\n        return 'a'  \n    return None\n"
     ("if x:\n    return 'a'\n", "reindent"),
 ])
 def test_each_matching_level(search, level):
-    m = P.find_unique(FILE, search)
+    m = M.find_unique(FILE, search)
     assert m.level == level and (m.line_start, m.line_end) == ((1, 3) if level == "reindent" else (2, 3))
 
 
 def test_reindent_shifts_the_replacement_too():
-    out = P.replace_once(FILE, "if x:\n    return 'a'\n", "if x and y:\n    return 'b'\nelse:\n    pass\n")
+    out = M.replace_once(FILE, "if x:\n    return 'a'\n", "if x and y:\n    return 'b'\nelse:\n    pass\n")
     assert out == "def f(x):\n    if x and y:\n        return 'b'\n    else:\n        pass\n    return None\n"
 
 
 def test_trimmed_drops_the_same_blank_lines_from_the_replacement():
-    out = P.replace_once(FILE, "\n    return None\n\n", "\n    return 0\n\n")
+    out = M.replace_once(FILE, "\n    return None\n\n", "\n    return 0\n\n")
     assert out == FILE.replace("return None", "return 0")
 
 
 def test_ambiguous_and_missing_blocks_are_reported_with_file_and_block():
     text = "x = 1\ny = 2\nx = 1\n"
     with pytest.raises(PatchError, match=r"a\.py: the SEARCH block starting 'x = 1' matches 2 places") as info:
-        P.find_unique(text, "x = 1\n", path="a.py")
+        M.find_unique(text, "x = 1\n", path="a.py")
     assert info.value.exit_code == 3
     with pytest.raises(PatchError, match=r"a\.py: the SEARCH block starting 'z = 9' matches nothing"):
-        P.find_unique(text, "z = 9\n", path="a.py")
+        M.find_unique(text, "z = 9\n", path="a.py")
 
 
 def test_exact_ambiguity_is_not_resolved_by_looser_levels_but_a_diff_line_hint_is():
     text = "x = 1\ny\nx = 1\n"
-    assert P.find_unique(text, "x = 1\n", hint=2).line_start == 2
+    assert M.find_unique(text, "x = 1\n", hint=2).line_start == 2
     with pytest.raises(PatchError, match="2 places"):
-        P.find_unique(text, "x = 1\n", hint=1)
+        M.find_unique(text, "x = 1\n", hint=1)
 
 
 def test_crlf_and_missing_final_newline_are_kept():
     text = "a\r\nb\r\nc"
-    assert P.replace_once(text, "b\nc\n", "B\nC\nD\n") == "a\r\nB\r\nC\r\nD"
-    assert P.replace_once(text, "c\n", "") == "a\r\nb"
-    assert P.replace_once("a\n\tb\n", "\tb\n", "\tB\n") == "a\n\tB\n"
+    assert M.replace_once(text, "b\nc\n", "B\nC\nD\n") == "a\r\nB\r\nC\r\nD"
+    assert M.replace_once(text, "c\n", "") == "a\r\nb"
+    assert M.replace_once("a\n\tb\n", "\tb\n", "\tB\n") == "a\n\tB\n"
 
 
 # --- build_patch ------------------------------------------------------------------------------
