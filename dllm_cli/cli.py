@@ -198,12 +198,15 @@ def dtype_choice(name: str | None) -> str:
 
 def load(ui: Ui, model_path: str, device: str | None, dtype: str | None):
     """The model on its device, with a progress bar on stderr while the weights load."""
-    from .checkpoint import load_model, pick_device, pick_dtype
     from .render import loading
 
-    dev = pick_device(device_choice(device))
-    dt = pick_dtype(dtype_choice(dtype), dev)
-    with loading(ui.err, f"{model_name(model_path)} ({str(dt).replace('torch.', '')}) on {dev}"):
+    name = model_name(model_path)
+    with loading(ui.err, name) as describe:  # drawn before torch is imported (1-2 s on a CPU)
+        from .checkpoint import load_model, pick_device, pick_dtype
+
+        dev = pick_device(device_choice(device))
+        dt = pick_dtype(dtype_choice(dtype), dev)
+        describe(f"{name} ({str(dt).replace('torch.', '')}) on {dev}")
         return load_model(model_path, device=dev, dtype=dt)
 
 

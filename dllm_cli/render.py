@@ -207,18 +207,20 @@ class DenoiseView:
 # ---- loading --------------------------------------------------------------------------------
 
 @contextmanager
-def loading(console: Console, label: str) -> Iterator[None]:
-    """A transient progress bar (pulsing: loading reports no fractions) while weights load."""
+def loading(console: Console, label: str) -> Iterator[Callable[[str], None]]:
+    """A transient progress bar (pulsing: loading reports no fractions) while weights load.
+
+    Drawn at once, before torch is imported; yields `describe(text)` to give the full label once
+    it is known (device and dtype need torch). Without a terminal: one line, at `describe`."""
     if not console.is_interactive:
-        console.print(f"dllm: loading {label} ...", markup=False, highlight=False)
-        yield
+        yield lambda text: console.print(f"dllm: loading {text} ...", markup=False, highlight=False)
         return
     from rich.progress import BarColumn, Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Bar(SpinnerColumn(), TextColumn("loading {task.description}"), BarColumn(),
              TimeElapsedColumn(), console=console, transient=True) as bar:
-        bar.add_task(label, total=None)
-        yield
+        task = bar.add_task(label, total=None)
+        yield lambda text: bar.update(task, description=text)
 
 
 # ---- diffs ----------------------------------------------------------------------------------

@@ -211,12 +211,17 @@ def test_loading_is_a_progress_bar_on_a_terminal_and_one_line_on_a_pipe():
 
     con = Console(file=io.StringIO(), width=80, force_terminal=True, force_interactive=True,
                   color_system="standard", legacy_windows=False)
-    with loading(con, "tiny (float32) on cpu"):
+    with loading(con, "tiny") as describe:
+        time.sleep(0.15)
+        first = con.file.getvalue()
+        describe("tiny (float32) on cpu")
         time.sleep(0.05)
     drawn = con.file.getvalue()
+    assert "loading tiny" in first and "float32" not in first  # shown before the full label is known
     assert "loading tiny (float32) on cpu" in drawn and "0:00:00" in drawn  # bar with elapsed time
     assert "\x1b[2K" in drawn  # transient: erased when loading ends
     pipe = console(terminal=False)
-    with loading(pipe, "tiny (float32) on cpu"):
-        pass
+    with loading(pipe, "tiny") as describe:
+        assert pipe.file.getvalue() == ""
+        describe("tiny (float32) on cpu")
     assert pipe.file.getvalue() == "dllm: loading tiny (float32) on cpu ...\n"
