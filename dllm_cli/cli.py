@@ -102,7 +102,7 @@ def code(
                          "confident each step; 0: a fixed schedule.", show_default="0.9")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (replayable runs).")] = None,
     alg: Annotated[Optional[str], typer.Option(help="Remasking: low_confidence, random, origin, "
-                   "maskgit_plus, topk_margin, entropy.", show_default="low_confidence")] = None,
+                   "maskgit_plus, topk_margin, entropy, p2.", show_default="low_confidence")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff on stdout; change nothing.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -166,14 +166,17 @@ def read_task(prompt: str) -> tuple[str, str | None, list[str]]:
 
 
 def sampler_config(gen_length, steps, block_length, temperature, threshold, seed, alg):
-    """SamplerConfig() (fast mode) with the options given; 0 turns block/threshold off."""
-    from .config import SamplerConfig, fitting_block
+    """SamplerConfig() (fast mode) with the options given; 0 turns block/threshold off.
+    --alg p2 (the whole canvas, no blocks or threshold) turns both off unless they are given."""
+    from .config import REMASK_ALGS, SamplerConfig, fitting_block
 
     changes = {k: v for k, v in dict(gen_length=gen_length, steps=steps, temperature=temperature,
                                       seed=seed, alg=alg).items() if v is not None}
+    if alg in REMASK_ALGS:
+        changes.update(block_length=None, threshold=None, cache="none")
     if block_length is not None:
         changes["block_length"] = block_length or None
-    elif gen_length is not None:
+    elif gen_length is not None and alg not in REMASK_ALGS:
         changes["block_length"] = fitting_block(gen_length)  # no block asked for: one that divides
     if threshold is not None:
         changes["threshold"] = threshold or None

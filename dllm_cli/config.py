@@ -16,6 +16,7 @@ from .errors import UsageError
 
 LLADA_ALGS = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+REMASK_ALGS = ("p2",)  # Open-dCoder's path planning: decoded tokens can be masked again
 CACHE_MODES = ("none", "prefix", "dual")
 DEFAULT_BLOCK = 32  # Fast-dLLM's best trade-off
 
@@ -26,7 +27,8 @@ class SamplerConfig:
 
     `alg` in LLADA_ALGS uses LLaDA's semi-autoregressive block schedule; `alg` in
     DREAM_ALGS uses Dream's time schedule (eps .. 1) over one block unless
-    `block_length` is set. `threshold` switches to Fast-dLLM confidence-threshold
+    `block_length` is set; "p2" is Open-dCoder's path-planning loop (the whole canvas every
+    step; low-confidence tokens may be masked again; no blocks, threshold or cache). `threshold` switches to Fast-dLLM confidence-threshold
     decoding inside blocks (`steps` is then an upper bound). The defaults are dllm's
     fast mode: threshold 0.9 inside 32-token blocks with the block KV cache.
     """
@@ -52,8 +54,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         _check(self.gen_length >= 1, "--gen-length must be at least 1")
         _check(self.steps is None or self.steps >= 1, "--steps must be at least 1")
-        _check(self.alg in LLADA_ALGS + DREAM_ALGS,
-               f"unknown --alg {self.alg!r}; choose one of {', '.join(LLADA_ALGS + DREAM_ALGS)}")
+        algs = LLADA_ALGS + DREAM_ALGS + REMASK_ALGS
+        _check(self.alg in algs, f"unknown --alg {self.alg!r}; choose one of {', '.join(algs)}")
         _check(self.cache in CACHE_MODES,
                f"unknown cache mode {self.cache!r}; choose one of {', '.join(CACHE_MODES)}")
         _check(self.temperature >= 0, "--temperature must be >= 0")
@@ -69,6 +71,10 @@ class SamplerConfig:
             _check(self.block_length >= 1, "--block-length must be at least 1")
             _check(self.gen_length % self.block_length == 0,
                    f"--gen-length {self.gen_length} must be a multiple of --block-length {self.block_length}")
+        if self.alg in REMASK_ALGS:
+            _check(self.threshold is None and self.factor is None and self.block_length is None,
+                   f"--alg {self.alg} revises the whole canvas on a fixed schedule: it has no blocks and "
+                   "no threshold; use --block-length 0 --threshold 0 (block_length=None, threshold=None)")
         if self.parallel is None and self.alg in LLADA_ALGS:
             blocks = self.num_blocks
             _check(self.total_steps % blocks == 0,
@@ -164,11 +170,10 @@ RECIPES: dict[str, Recipe] = {
                ("<|dlm_pad|>", "<|endoftext|>", "<|im_end|>"),
                "research-only weights licence (apple-amlr)"),
         Recipe("open-dcoder-0.5b", "open-dcoder", "raw",
-               SamplerConfig(gen_length=128, steps=128, block_length=None, alg="maskgit_plus",
+               SamplerConfig(gen_length=128, steps=128, block_length=None, alg="p2",
                              temperature=0.8, top_p=0.95, threshold=None, cache="none",
                              early_stop=False),
-               ("<|endoftext|>",),
-               "the official sampler is p2 (remasking); dllm runs it with maskgit_plus"),
+               ("<|endoftext|>",)),
         Recipe("fast", "any", "model", SamplerConfig()),
     )
 }

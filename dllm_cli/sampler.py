@@ -3,6 +3,8 @@
 Knows: LLaDA's semi-autoregressive block loop (low_confidence / random remasking, its transfer
 schedule, fp64 Gumbel, cfg_scale, logits_eos_inf, confidence_eos_eot_inf); Dream's time-schedule
 loop (origin / maskgit_plus / topk_margin / entropy, eps, temperature, top_p, top_k, alg_temp);
+Open-dCoder's p2 (path planning: every step re-samples the region and masks the least confident
+tokens again, so decoded tokens can be revised);
 Fast-dLLM threshold and factor decoding inside blocks; the block KV cache (prefix / dual, with
 the finished block's K/V written late instead of a full refresh); early stop once a committed
 stop token has only masks after it; an optional fixed suffix after the masks (anchored infilling). Talks to the model only through the contract in
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
 
-from .config import DREAM_ALGS, LLADA_ALGS, SamplerConfig
+from .config import DREAM_ALGS, LLADA_ALGS, REMASK_ALGS, SamplerConfig
 from .errors import UsageError
 
 CACHE_REFRESH = ("delayed", "block", "step")
@@ -40,6 +42,7 @@ class DenoiseStep:
     forwards: int  # model forwards so far
     elapsed: float  # seconds since denoise() was called
     done: bool  # True on the last event
+    remasked: list[int] = field(default_factory=list)  # p2 only: decoded positions masked again
 
 
 def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, suffix_ids=None,
@@ -139,15 +142,23 @@ class _Canvas:
         return self.tokens.count(self.mask)
 
 
+def _generator(device, seed: int | None) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    if seed is not None:
+        gen.manual_seed(seed)
+    else:
+        gen.seed()
+    return gen
+
+
 def _steps(model, prompt, suffix, cfg: SamplerConfig, refresh: str, compile: bool,
            start: float) -> Iterator[DenoiseStep]:
     canvas = _Canvas(model, prompt, cfg.gen_length, suffix)
+    if cfg.alg in REMASK_ALGS:
+        yield from _p2_steps(model, canvas, cfg, _logits_fn(model, compile), start)
+        return
     fwd = _Forwarder(model, cfg, refresh, canvas.P, compile)
-    gen = torch.Generator(device=canvas.x.device)
-    if cfg.seed is not None:
-        gen.manual_seed(cfg.seed)
-    else:
-        gen.seed()
+    gen = _generator(canvas.x.device, cfg.seed)
     index = 0
     for b, n_steps in enumerate(block_steps(cfg)):
         bs = canvas.P + b * cfg.block
@@ -175,6 +186,44 @@ def _steps(model, prompt, suffix, cfg: SamplerConfig, refresh: str, compile: boo
             if done:
                 return
     assert canvas.masks_left() == 0, "every schedule ends with no masks left"
+
+
+def p2_masked(n: int, i: int, steps: int) -> int:
+    """Open-dCoder's p2: positions of the n-token region left masked after step i (0-based):
+    ⌊n·(1 − κ)⌋ with κ = (i + 1)/steps, computed in float32 as the official loop does."""
+    return int(torch.tensor(float(n)) * (1 - (i + 1) / steps))
+
+
+def _p2_steps(model, canvas: _Canvas, cfg: SamplerConfig, call, start: float) -> Iterator[DenoiseStep]:
+    """Path planning (Open-dCoder's "p2"): each step runs the full canvas, samples every position
+    of the region (Dream's sample_tokens: temperature, top_p, top_k; confidence p(x0)), then masks
+    the p2_masked(...) least confident positions, decoded ones included; masked positions outside
+    that set take their sample, decoded ones keep their token. No cache, blocks or early stop."""
+    gen = _generator(canvas.x.device, cfg.seed)
+    P, N, mask = canvas.P, canvas.N, canvas.mask
+    steps = cfg.total_steps
+    for i in range(steps):
+        region = canvas.x[0, P:P + N]
+        masked = region == mask
+        if not bool(masked.any()):  # the official loop stops once nothing is masked
+            break
+        lg = call(canvas.x)[0, P:P + N].float()  # (N, V)
+        x0, prob, conf = _dream_propose(lg, cfg, model, gen)
+        k = p2_masked(N, i, steps)
+        again = torch.zeros(N, dtype=torch.bool, device=region.device)
+        again[torch.argsort(conf, stable=True)[:k]] = True  # ascending: least confident first
+        new = torch.where(again, torch.full_like(region, mask), torch.where(masked, x0, region))
+        canvas.x[0, P:P + N] = new
+        tokens, was, ps = torch.stack([new.double(), masked.double(), prob.double()]).tolist()  # one sync
+        tokens = [int(t) for t in tokens]
+        revealed = [p for p in range(N) if was[p] and tokens[p] != mask]
+        remasked = [p for p in range(N) if not was[p] and tokens[p] == mask]
+        canvas.tokens = tokens
+        done = mask not in tokens
+        yield DenoiseStep(i, list(tokens), revealed, [ps[p] for p in revealed], i + 1,
+                          time.perf_counter() - start, done, remasked)
+        if done:
+            return
 
 
 def _step(model, cfg, canvas, fwd, gen, rows, bs, be, i, n_steps, counts, ts):

@@ -190,6 +190,40 @@ def dream_generate(model, input_ids, max_new_tokens, steps, eps=1e-3, temperatur
     return x
 
 
+# ---- Open-dCoder p2 (path planning) ----------------------------------------------------------
+
+@torch.no_grad()
+def p2_generate(model, x, steps, temperature=0.0, top_p=None, top_k=None, mask_token_id=151666,
+                generator=None):
+    """The p2 branch of Open-dCoder's `_mdm_sample`, literally: `x` is the whole canvas (prompt,
+    masks, any fixed suffix); every step scores every position, gives fixed positions confidence
+    +inf, masks the ⌊n·(1 − κ)⌋ lowest (κ = (i+1)/steps, n = positions not fixed), and fills the
+    positions that were masked and are not chosen."""
+    x = x.clone()
+    fix_mask = x != mask_token_id
+    for i in range(steps):
+        mask_index = x == mask_token_id
+        if not mask_index.any():
+            break
+        logits = model.logits(x)  # aligned (the shift is inside the model)
+        kappa_t = (i + 1) / steps
+        B, T, V = logits.shape
+        confidence, x0 = sample_tokens(logits.reshape(B * T, V), temperature, top_p, top_k,
+                                       generator=generator)
+        confidence, x0 = confidence.reshape(B, T), x0.reshape(B, T)
+        confidence[fix_mask] = float("inf")
+        num_positions = (~fix_mask).sum(dim=1, keepdim=True)
+        num_to_mask = (num_positions.float() * (1 - kappa_t)).long()
+        sorted_idx = torch.argsort(confidence, dim=-1, descending=False, stable=True)
+        to_mask = torch.zeros_like(x, dtype=torch.bool)
+        for b in range(B):
+            to_mask[b, sorted_idx[b, :int(num_to_mask[b])]] = True
+        x[to_mask] = mask_token_id
+        unmask_positions = mask_index & ~to_mask
+        x[unmask_positions] = x0[unmask_positions]
+    return x
+
+
 # ---- a mock model with the full model contract ------------------------------------------------
 
 class MockCache:

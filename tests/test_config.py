@@ -78,3 +78,14 @@ def test_fitting_block_divides_the_canvas():
     assert sampler_config(100, None, None, None, None, None, None).block_length == 25
     assert sampler_config(None, None, None, None, None, None, None).block_length == 32
     assert sampler_config(64, None, 0, None, None, None, None).block_length is None
+
+
+def test_alg_p2_from_the_command_line_turns_blocks_and_threshold_off():
+    from dllm_cli.cli import sampler_config
+    cfg = sampler_config(100, None, None, 0.8, None, 3, "p2")
+    assert (cfg.alg, cfg.block_length, cfg.threshold, cfg.cache, cfg.gen_length) == ("p2", None, None, "none", 100)
+    with pytest.raises(UsageError, match="--block-length 0 --threshold 0"):
+        sampler_config(64, None, None, None, 0.9, None, "p2")
+    with pytest.raises(UsageError, match="--block-length 0 --threshold 0"):
+        sampler_config(64, None, 8, None, None, None, "p2")
+    assert recipe("open-dcoder-0.5b").sampler.alg == "p2"

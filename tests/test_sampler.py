@@ -11,9 +11,9 @@ import torch
 from dllm_cli.checkpoint import load_model
 from dllm_cli.config import SamplerConfig
 from dllm_cli.errors import UsageError
-from dllm_cli.sampler import (DenoiseStep, _parallel_accept, block_steps, cut_at_stop, denoise,
+from dllm_cli.sampler import (DenoiseStep, p2_masked, _parallel_accept, block_steps, cut_at_stop, denoise,
                               dream_schedule, llada_schedule)
-from oracles import MockModel, dream_generate, llada_generate
+from oracles import MockModel, dream_generate, llada_generate, p2_generate
 
 PROMPT = [3, 5, 7, 9, 11, 2, 40]
 PLAIN = dict(threshold=None, cache="none", early_stop=False)  # the official loops' settings
@@ -398,3 +398,64 @@ def test_infill_on_tiny_checkpoints_plain_and_cached(tiny_models, layout):
         assert final(model, blocks.with_(cache=mode), prompt, suffix_ids=suffix, cache_refresh="step") == ref
     with pytest.raises(UsageError, match="suffix contains the mask"):
         run(model, cfg, prompt, suffix_ids=[model.mask_token_id])
+
+
+# ---- p2 (Open-dCoder's path planning) ---------------------------------------------------------
+
+P2 = dict(alg="p2", block_length=None, threshold=None, cache="none", early_stop=False)
+
+
+def p2_oracle(model, cfg, prompt=PROMPT, suffix=()):
+    x = torch.tensor([list(prompt) + [model.mask_token_id] * cfg.gen_length + list(suffix)])
+    out = p2_generate(model, x, cfg.total_steps, temperature=cfg.temperature, top_p=cfg.top_p,
+                      top_k=cfg.top_k, mask_token_id=model.mask_token_id)
+    assert out[0, len(prompt) + cfg.gen_length:].tolist() == list(suffix)
+    return out[0, len(prompt):len(prompt) + cfg.gen_length].tolist()
+
+
+@pytest.mark.parametrize("mock", MOCKS)
+@pytest.mark.parametrize("case", [dict(gen_length=32, steps=32), dict(gen_length=32, steps=8),
+                                  dict(gen_length=24, steps=7), dict(gen_length=32, steps=16, top_k=5)], ids=str)
+def test_p2_matches_open_dcoder_loop(mock, case):
+    cfg = SamplerConfig(**case, **P2)
+    assert final(MOCKS[mock], cfg) == p2_oracle(MOCKS[mock], cfg)
+    assert final(MOCKS[mock], cfg, suffix_ids=SUFFIX) == p2_oracle(MOCKS[mock], cfg, suffix=SUFFIX)
+
+
+@pytest.mark.parametrize("layout", ["dream", "llada"])
+def test_p2_on_tiny_checkpoints(tiny_models, layout):
+    model = tiny_models[layout]
+    prompt = model.tokenizer.encode("def mean(numbers):")
+    cfg = SamplerConfig(gen_length=16, steps=8, **P2)
+    want = p2_oracle(model, cfg, prompt)
+    assert model.mask_token_id not in want and final(model, cfg, prompt) == want
+
+
+def test_p2_schedule_revisions_and_seeds():
+    model = MockModel(seed=3)
+    cfg = SamplerConfig(gen_length=32, steps=16, **P2)
+    events = run(model, cfg)
+    mask = model.mask_token_id
+    prev = [mask] * 32
+    for i, ev in enumerate(events):
+        assert ev.tokens.count(mask) == p2_masked(32, i, 16)  # the kappa schedule
+        assert ev.forwards == i + 1 and ev.done == (i == len(events) - 1)
+        for pos in range(32):
+            if pos in ev.revealed:
+                assert prev[pos] == mask and ev.tokens[pos] != mask
+            elif pos in ev.remasked:
+                assert prev[pos] != mask and ev.tokens[pos] == mask
+            else:
+                assert ev.tokens[pos] == prev[pos]
+        prev = ev.tokens
+    assert len(events) == 16 and mask not in events[-1].tokens
+    assert any(ev.remasked for ev in events)  # decoded tokens do get revised on these weights
+    hot = cfg.with_(temperature=0.8, top_p=0.95)
+    assert final(model, hot.with_(seed=7)) == final(model, hot.with_(seed=7)) != final(model, hot.with_(seed=8))
+    assert [p2_masked(128, i, 128) for i in (0, 63, 126, 127)] == [127, 64, 1, 0]
+
+
+def test_p2_has_no_blocks_or_threshold():
+    for bad in (dict(threshold=0.9), dict(block_length=8), dict(factor=1.0)):
+        with pytest.raises(UsageError, match="--block-length 0 --threshold 0"):
+            SamplerConfig(gen_length=32, **{**P2, **bad})
