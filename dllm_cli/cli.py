@@ -280,7 +280,9 @@ class Generation:
 
 def generate(ui: Ui, lm, prompt_ids: list[int], cfg, suffix_ids: list[int] | None = None) -> Generation:
     """Denoise with the live view on stderr; decode the answer once at the end. With
-    `suffix_ids` the canvas sits between the prompt and that fixed suffix (infilling)."""
+    `suffix_ids` the canvas sits between the prompt and that fixed suffix (infilling); for a
+    DreamOn checkpoint (an `<|expand|>` token) that canvas grows and shrinks (dreamon.py)."""
+    from .dreamon import delete_token_id, denoise_dreamon, dreamon_sampler, expand_token_id
     from .render import DenoiseView, TokenTexts
     from .sampler import cut_at_stop, denoise
 
@@ -288,9 +290,15 @@ def generate(ui: Ui, lm, prompt_ids: list[int], cfg, suffix_ids: list[int] | Non
     texts = TokenTexts(tok.decode, hidden=lm.stop_token_ids)
     mode = "live" if ui.live else ("quiet" if ui.json else "line")
     view = DenoiseView(ui.err, texts, lm.mask_token_id, cfg.gen_length, mode=mode)
+    expand = expand_token_id(lm) if suffix_ids is not None else None
+    if expand is not None:  # a DreamOn checkpoint: the body may grow and shrink
+        steps = denoise_dreamon(lm, prompt_ids, suffix_ids, dreamon_sampler(cfg), expand_id=expand,
+                                delete_id=delete_token_id(lm))
+    else:
+        steps = denoise(lm, prompt_ids, cfg, suffix_ids=suffix_ids)
     last = None
     with view:
-        for step in denoise(lm, prompt_ids, cfg, suffix_ids=suffix_ids):
+        for step in steps:
             view.update(step)
             last = step
     assert last is not None and last.done, "denoise() ended without a done step"

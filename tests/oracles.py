@@ -224,6 +224,71 @@ def p2_generate(model, x, steps, temperature=0.0, top_p=None, top_k=None, mask_t
     return x
 
 
+# ---- DreamOn (variable-length infilling) -------------------------------------------------------
+
+@torch.no_grad()
+def dreamon_generate(model, input_ids, max_new_tokens, alg="entropy", temperature=0.0, top_p=None,
+                     top_k=None, alg_temp=0.0, mask_token_id=151666, expand_token_id=151667,
+                     delete_token_id=151643, eos_token_id=151643, expand_budget=None,
+                     number_transfer_tokens=1, padded=True, generator=None):
+    """DreamOn's `_sample` (DreamLM/DreamOn eval/generator.py), literally: the canvas padded with
+    eos to max_length, an attention mask over the live window (padded=False runs the window alone,
+    for models without padding support), one committed token per step, committed deletes removed
+    (a mask appended at the far end keeps the length), expands turned into two masks."""
+    mask_token_indices = torch.where(input_ids == mask_token_id)[1]
+    start_gen_len = mask_token_indices.numel()
+    prefix_len = int(mask_token_indices[0])
+    max_length = input_ids.shape[1] - start_gen_len + max_new_tokens
+    num_generation_tokens = start_gen_len
+    max_gen_len = max_length - prefix_len
+    if expand_budget is None:
+        expand_budget = max_gen_len * 2
+    x = F.pad(input_ids, (0, max_length - input_ids.shape[1]), value=eos_token_id)
+    for i in range(2 * max_gen_len + 2 * expand_budget):
+        current_window_length = input_ids.shape[1] - start_gen_len + num_generation_tokens
+        attention_mask = torch.ones([input_ids.shape[0], current_window_length], dtype=torch.int16)
+        attention_mask = F.pad(attention_mask, (0, max_length - attention_mask.shape[1]), value=0)
+        mask_index = (x == mask_token_id) & (attention_mask == 1)
+        if torch.all(~mask_index[:, :current_window_length]):
+            break
+        if padded:
+            logits = model.logits(x, attention_mask=attention_mask.bool())
+        else:
+            logits = F.pad(model.logits(x[:, :current_window_length]), (0, 0, 0, max_length - current_window_length))
+        logits = logits[mask_index]
+        if current_window_length == max_length or expand_budget == 0:
+            logits[:, expand_token_id] -= 1e9
+        if alg == "maskgit_plus":
+            confidence, x0 = sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                                           generator=generator)
+        elif alg == "topk_margin":
+            confidence, x0 = sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                                           margin_confidence=True, generator=generator)
+        else:
+            confidence, x0 = sample_tokens(logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                                           neg_entropy=True, generator=generator)
+        if alg_temp is None or alg_temp == 0:
+            _, transfer_index = torch.topk(confidence, number_transfer_tokens)
+        else:
+            confidence = F.softmax(confidence / alg_temp, dim=-1)
+            transfer_index = torch.multinomial(confidence, num_samples=number_transfer_tokens, generator=generator)
+        x0_ = torch.zeros_like(x0) + mask_token_id
+        x0_[transfer_index] = x0[transfer_index].clone()
+        x[mask_index] = x0_
+        delete_indices = ((x[0] == delete_token_id) & (mask_index[0] == 1)).nonzero(as_tuple=False).squeeze(1)
+        for idx in sorted(delete_indices.tolist(), reverse=True):
+            x = torch.cat((x[:, :idx], x[:, idx + 1:], torch.tensor([[mask_token_id]])), dim=1)
+            num_generation_tokens -= 1
+        expand_indices = (x[0] == expand_token_id).nonzero(as_tuple=False).squeeze(1)
+        for idx in sorted(expand_indices.tolist(), reverse=True):
+            x = torch.cat((x[:, :idx], torch.tensor([[mask_token_id, mask_token_id]]), x[:, idx + 1:]), dim=1)
+            num_generation_tokens += 1
+            expand_budget -= 1
+            if x.shape[1] > max_length:
+                x = x[:, :max_length]
+    return x[0, prefix_len:prefix_len + num_generation_tokens].tolist()
+
+
 # ---- a mock model with the full model contract ------------------------------------------------
 
 class MockCache:
@@ -242,7 +307,7 @@ class MockModel:
     """
 
     def __init__(self, vocab=64, dim=32, layers=2, max_len=512, shifted=False, seed=0,
-                 eos_bias=0.0, eos_from=0, scale=3.0):
+                 eos_bias=0.0, eos_from=0, scale=3.0, token_bias=None):
         g = torch.Generator().manual_seed(seed)
         r = lambda *shape: torch.randn(*shape, generator=g) / math.sqrt(shape[0])  # noqa: E731
         self.emb, self.pos = torch.randn(vocab, dim, generator=g), torch.randn(max_len, dim, generator=g)
@@ -253,6 +318,7 @@ class MockModel:
         self.mask_token_id, self.eos_token_id, self.eot_token_id = vocab - 1, vocab - 2, vocab - 3
         self.stop_token_ids = frozenset({self.eos_token_id, self.eot_token_id})
         self.eos_bias, self.eos_from = eos_bias, eos_from
+        self.token_bias = dict(token_bias or {})  # token id -> logit bias at every position
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.calls: list[tuple] = []  # (B, T, window) of every call
         self.seen: list[torch.Tensor] = []  # ids of every call (when record_ids)
@@ -297,6 +363,8 @@ class MockModel:
         start = q0 + 1 if self.shifted else q0  # raw row j scores token at q0 + j (+1 if shifted)
         pos = torch.arange(start, start + out.shape[1])
         out[:, pos >= self.eos_from, self.eos_token_id] += self.eos_bias
+        for token, bias in self.token_bias.items():
+            out[:, :, token] += bias
         if self.shifted:
             if window is None or window[0] == 0:
                 out = torch.cat([out[:, :1], out[:, :-1]], dim=1)

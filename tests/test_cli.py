@@ -681,3 +681,28 @@ def test_ctrl_c_while_committing_says_the_patch_is_applied(repo, dream_ckpt, fak
     assert code == 130 and "applied but not committed" in err and "nothing was changed" not in err
     assert "return sorted(xs)" in (repo / "src/median.py").read_text()
     assert run(["undo"])[0] == 0 and (repo / "src/median.py").read_text() == STUBS.replace("\r\n", "\n")
+
+
+def test_infill_with_a_dreamon_checkpoint_uses_the_expanding_loop(repo, tmp_path, monkeypatch):
+    from dllm_cli import dreamon
+    from tiny import make_dream_checkpoint
+
+    ckpt = make_dream_checkpoint(tmp_path / "dreamon", extra_tokens=("<|expand|>",))
+    calls = []
+    real = dreamon.denoise_dreamon
+
+    def spy(model, prefix, suffix, cfg, **kw):
+        calls.append((cfg.alg, kw["expand_id"], suffix[-1] == model.eos_token_id))
+        return real(model, prefix, suffix, cfg, **kw)
+
+    monkeypatch.setattr(dreamon, "denoise_dreamon", spy)
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))
+    code, out, err = run(["code", "--json", "--dry-run", "--model", str(ckpt), "--gen-length", "16",
+                          "implement median"])
+    expand = json.loads((ckpt / "tokenizer.json").read_text())["added_tokens"][-1]
+    assert calls == [("entropy", expand["id"], True)] and expand["content"] == "<|expand|>", err
+    assert code in (0, 3) and json.loads(out)["exit_code"] == code        # random weights: any text
+    calls.clear()
+    run(["code", "--json", "--dry-run", "--model", str(ckpt), "--gen-length", "16", "--alg", "maskgit_plus",
+         "implement median"])
+    assert calls[0][0] == "maskgit_plus"

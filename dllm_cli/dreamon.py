@@ -1,0 +1,115 @@
+"""DreamOn's variable-length infilling: the middle of prefix · masks · suffix grows and shrinks.
+
+A DreamOn checkpoint (Dream layout) has an `<|expand|>` token. The canvas is bos + prefix, a few
+masks, suffix + eos. Each step runs the model on the canvas, scores the masked positions with one
+of Dream's confidence algs (maskgit_plus, topk_margin, entropy; temperature, top_p, top_k) and
+commits the most confident one (DreamOn is tested with one token per step; `alg_temp` draws it
+instead). Then:
+  * a committed delete token (DreamOn: eos) is removed: the middle shrinks by one;
+  * an `<|expand|>` becomes two masks: the middle grows by one.
+Expansion is blocked (its logit −1e9) once the canvas has `max_length` tokens or the expansion
+budget is spent. The loop ends when no mask is left, or after 2·max_gen_len + 2·budget steps
+(then masks may remain, as in the official code).
+
+Lengths as in the official code (DreamLM/DreamOn `eval/generator.py`, described in
+/work/shared/design/samplers.md): `cfg.gen_length` is `max_new_tokens`, which counts the initial
+masks, so max_length = len(canvas) − initial masks + gen_length; max_gen_len = max_length −
+len(bos + prefix); the expansion budget defaults to 2·max_gen_len. The official loop pads the
+canvas to max_length and masks the padding out of attention; running the model on the live
+canvas alone is the same computation (right padding leaves positions 0..L−1 unchanged).
+
+Must not: import rich/typer/git or decode text. Step events carry the middle as it is now, so
+`tokens` changes length from step to step (unlike `sampler.denoise`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator, Sequence
+
+import torch
+
+from .config import DREAM_ALGS, SamplerConfig
+from .errors import UsageError
+from .sampler import DenoiseStep, _dream_propose, _generator
+
+EXPAND_TOKEN, DELETE_TOKEN = "<|expand|>", "<|delete|>"
+
+
+def expand_token_id(model) -> int | None:
+    """The id of `<|expand|>` in the model's tokenizer (a DreamOn checkpoint), else None."""
+    tok = getattr(model, "tokenizer", None)
+    return tok.token_to_id(EXPAND_TOKEN) if tok is not None else None
+
+
+def delete_token_id(model) -> int:
+    """The token whose commit deletes its position: `<|delete|>` when the tokenizer has one,
+    else eos (the official generation config names it; we could not read it offline)."""
+    tok = getattr(model, "tokenizer", None)
+    found = tok.token_to_id(DELETE_TOKEN) if tok is not None else None
+    return model.eos_token_id if found is None else found
+
+
+def dreamon_sampler(cfg: SamplerConfig) -> SamplerConfig:
+    """`cfg` for the DreamOn loop: its alg if it is a confidence alg, else "entropy" (DreamOn's)."""
+    if cfg.alg in DREAM_ALGS and cfg.alg != "origin":
+        return cfg
+    return cfg.with_(alg="entropy")
+
+
+def denoise_dreamon(model, prefix_ids: Sequence[int], suffix_ids: Sequence[int], cfg: SamplerConfig,
+                    *, expand_id: int, delete_id: int | None = None, initial_masks: int = 4,
+                    expand_budget: int | None = None) -> Iterator[DenoiseStep]:
+    """Fill the middle between `prefix_ids` (bos included when the model wants one) and
+    `suffix_ids` (the closing eos included), starting from `initial_masks` masks, yielding one
+    event per step; the last has done=True and the final middle in `tokens`."""
+    start = time.perf_counter()
+    if cfg.alg not in DREAM_ALGS or cfg.alg == "origin":
+        raise UsageError(f"DreamOn infilling ranks positions by confidence: use --alg maskgit_plus, "
+                         f"topk_margin or entropy (not {cfg.alg})")
+    if not 1 <= initial_masks <= cfg.gen_length:
+        raise UsageError(f"initial masks ({initial_masks}) must be between 1 and --gen-length ({cfg.gen_length})")
+    mask = model.mask_token_id
+    delete_id = model.eos_token_id if delete_id is None else delete_id
+    prefix, suffix = list(prefix_ids), list(suffix_ids)
+    if mask in prefix or mask in suffix:
+        raise UsageError(f"the prefix or suffix contains the mask token id {mask}")
+    P = len(prefix)
+    x = torch.tensor(prefix + [mask] * initial_masks + suffix, dtype=torch.long, device=model.device)
+    max_length = x.numel() - initial_masks + cfg.gen_length
+    max_gen_len = max_length - P
+    budget = 2 * max_gen_len if expand_budget is None else expand_budget
+    gen = _generator(x.device, cfg.seed)
+    n = initial_masks  # the middle's length
+    rounds = 2 * max_gen_len + 2 * budget
+    for i in range(rounds):
+        masked = x == mask
+        if not bool(masked.any()):
+            break
+        rows = masked.nonzero()[:, 0]  # canvas positions of the masks
+        lg = model.logits(x[None])[0, rows].float()  # aligned logits (the Dream shift is inside)
+        if x.numel() == max_length or budget == 0:
+            lg[:, expand_id] -= 1e9
+        x0, prob, conf = _dream_propose(lg, cfg, model, gen)
+        if cfg.alg_temp:
+            pick = torch.multinomial(torch.softmax(conf / cfg.alg_temp, dim=-1), 1, generator=gen)[0]
+        else:
+            pick = torch.topk(conf, 1).indices[0]
+        pos, token, p = int(rows[pick]), int(x0[pick]), float(prob[pick])
+        if token == delete_id:
+            x = torch.cat([x[:pos], x[pos + 1:]])
+            n -= 1
+            revealed = []
+        elif token == expand_id:
+            x = torch.cat([x[:pos], x.new_tensor([mask, mask]), x[pos + 1:]])
+            n += 1
+            budget -= 1
+            revealed = []
+        else:
+            x[pos] = token
+            revealed = [pos - P]
+        middle = x[P:P + n].tolist()
+        done = mask not in middle or i == rounds - 1  # the official bound may leave masks
+        yield DenoiseStep(i, middle, revealed, [p] * len(revealed), i + 1, time.perf_counter() - start, done)
+        if done:
+            return
