@@ -106,6 +106,9 @@ def describe_model(source: str, folder: Path, chosen: str) -> dict:
 
 
 def model_family(config: dict) -> str:
+    """`dllm_family` when the checkpoint names one (our own models), else from the model type."""
+    if isinstance(config.get("dllm_family"), str) and config["dllm_family"]:
+        return config["dllm_family"]
     kind = str(config.get("model_type") or "").lower()
     arch = " ".join(config.get("architectures") or []).lower()
     if "llada" in kind or "llada" in arch:

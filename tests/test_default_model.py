@@ -33,6 +33,11 @@ def test_the_folder_is_complete_and_small(monkeypatch):
     total = sum(p.stat().st_size for p in FOLDER.rglob("*") if p.is_file())
     assert total <= 64 * 2**20, f"{total / 2**20:.1f} MiB: the issue allows 64 MB"
     assert not list(FOLDER.glob("*.bin")) and not list(FOLDER.glob("*.py"))  # no pickle, no code
+    from dllm_cli.catalog import describe_model
+    row = describe_model("default", FOLDER, "default")
+    config = json.loads((FOLDER / "config.json").read_text())
+    assert (row["family"], row["licence"], row["context"]) == ("dllm", "apache-2.0", config["max_position_embeddings"])
+    assert row["params"] == load_model("default").spec.n_params  # from the safetensors headers alone
 
 
 def test_it_loads_through_the_engine_like_any_checkpoint(monkeypatch):
