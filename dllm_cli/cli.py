@@ -26,10 +26,10 @@ import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .errors import DllmError, PatchError, UsageError
-from .review import Report, ReviewOptions, review_edits, review_output
 from .catalog import (context_length, describe_model, model_candidates, model_dir, model_name,
                       read_model_config, resolve_model_path)
+from .errors import DllmError, PatchError, UsageError
+from .review import Report, ReviewOptions, review_edits, review_output
 from .ui import Ui, isatty, write_json
 
 EXAMPLES = """Examples:

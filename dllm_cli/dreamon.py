@@ -31,9 +31,10 @@ import torch
 
 from .config import DREAM_ALGS, SamplerConfig
 from .errors import UsageError
-from .sampler import DenoiseStep, _dream_propose, _generator
+from .sampler import DenoiseStep, _dream_propose, _generator, _prompt_tensor
 
 EXPAND_TOKEN, DELETE_TOKEN = "<|expand|>", "<|delete|>"
+CONFIDENCE_ALGS = tuple(a for a in DREAM_ALGS if a != "origin")  # the algs that rank positions
 
 
 def expand_token_id(model) -> int | None:
@@ -52,7 +53,7 @@ def delete_token_id(model) -> int:
 
 def dreamon_sampler(cfg: SamplerConfig) -> SamplerConfig:
     """`cfg` for the DreamOn loop: its alg if it is a confidence alg, else "entropy" (DreamOn's)."""
-    if cfg.alg in DREAM_ALGS and cfg.alg != "origin":
+    if cfg.alg in CONFIDENCE_ALGS:
         return cfg
     return cfg.with_(alg="entropy")
 
@@ -64,18 +65,16 @@ def denoise_dreamon(model, prefix_ids: Sequence[int], suffix_ids: Sequence[int],
     `suffix_ids` (the closing eos included), starting from `initial_masks` masks, yielding one
     event per step; the last has done=True and the final middle in `tokens`."""
     start = time.perf_counter()
-    if cfg.alg not in DREAM_ALGS or cfg.alg == "origin":
+    if cfg.alg not in CONFIDENCE_ALGS:
         raise UsageError(f"DreamOn infilling ranks positions by confidence: use --alg maskgit_plus, "
                          f"topk_margin or entropy (not {cfg.alg})")
     if not 1 <= initial_masks <= cfg.gen_length:
         raise UsageError(f"initial masks ({initial_masks}) must be between 1 and --gen-length ({cfg.gen_length})")
     mask = model.mask_token_id
     delete_id = model.eos_token_id if delete_id is None else delete_id
-    prefix, suffix = list(prefix_ids), list(suffix_ids)
-    if mask in prefix or mask in suffix:
-        raise UsageError(f"the prefix or suffix contains the mask token id {mask}")
-    P = len(prefix)
-    x = torch.tensor(prefix + [mask] * initial_masks + suffix, dtype=torch.long, device=model.device)
+    prefix, suffix = _prompt_tensor(prefix_ids, model, "prefix"), _prompt_tensor(suffix_ids, model, "suffix")
+    P = prefix.numel()
+    x = torch.cat([prefix, prefix.new_full((initial_masks,), mask), suffix])
     max_length = x.numel() - initial_masks + cfg.gen_length
     max_gen_len = max_length - P
     budget = 2 * max_gen_len if expand_budget is None else expand_budget
