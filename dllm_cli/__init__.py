@@ -16,6 +16,9 @@ __all__ = [
     "DllmError",
     "SamplerConfig",
     "DenoiseStep",
+    "Generation",
+    "SpecialTokens",
+    "inspect",
     "load_model",
     "denoise",
     "recipe",
@@ -25,13 +28,16 @@ _LAZY = {
     "DllmError": ("dllm_cli.errors", "DllmError"),
     "SamplerConfig": ("dllm_cli.config", "SamplerConfig"),
     "recipe": ("dllm_cli.config", "recipe"),
-    "DenoiseStep": ("dllm_cli.sampler", "DenoiseStep"),
-    "load_model": ("dllm_cli.checkpoint", "load_model"),
-    "denoise": ("dllm_cli.sampler", "denoise"),
+    "DenoiseStep": ("dllm_cli.events", "DenoiseStep"),
+    "Generation": ("dllm_cli.events", "Generation"),
+    "SpecialTokens": ("dllm_cli.events", "SpecialTokens"),
+    "inspect": ("dllm_cli.catalog", "inspect"),
+    "load_model": ("dllm_cli.engine.loader", "load_model"),
+    "denoise": ("dllm_cli.engine.sampler", "denoise"),
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 

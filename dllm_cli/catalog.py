@@ -1,127 +1,340 @@
-"""Which local checkpoint, and what it is, without loading it (no torch): the model choice
-order, the embedded default's folder, config.json, and the rows of `dllm models` (family,
-parameters and dtype from the safetensors headers, context, licence from the card)."""
+"""What a checkpoint folder is, without loading it: `inspect(folder) -> Checkpoint`.
+
+Knows: where the embedded default model lives (the one place "default" is resolved), config.json,
+which layout a config names (`model_type`, else `architectures`; never the folder name), the
+checkpoint family (for recipes), the context length, the tokenizer files (tokenizer_config.json,
+special_tokens_map.json, added_tokens.json, chat_template.jinja, the added tokens of
+tokenizer.json) and the chat template, including the fallback for checkpoints that ship none;
+the rows of `dllm models` (parameters and dtype from the safetensors headers, licence from the
+card). Must not: import torch, read tensor data, or run checkpoint-supplied code.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
-from .errors import DllmError
+from .errors import CheckpointError, DllmError, TokenizerError
 
+DEFAULT = "default"  # the model path that names the embedded model (API and CLI)
 DEFAULT_MODEL_NAME = "dllm-coder-mini"
+FALLBACK_CONTEXT = 4096
+
+# Layout name -> (config.json model_type values, architectures values). engine/layouts maps the
+# same names to their modules; a test checks both tables agree.
+LAYOUT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "dream": (("dream", "qwen2"), ("DreamModel", "Qwen2ForCausalLM", "Qwen2Model")),
+    "llada": (("llada",), ("LLaDAModelLM",)),
+}
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLADA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
+    " + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
+_ADDED_TOKENS_SCAN = 4 << 20  # tokenizer.json: its "added_tokens" list sits near the start
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint folder as its files describe it (no weights read)."""
+
+    folder: Path
+    name: str
+    config: Mapping[str, Any]
+    layout: str | None  # None: a model_type dllm does not run
+    family: str  # recipe family: "dream" | "dream-coder" | "diffucoder" | "dreamon" | "open-dcoder" | "llada" | "dllm"
+    context_length: int
+    tokenizer_config: Mapping[str, Any]  # tokenizer_config.json, special_tokens_map.json merged under it
+    added_tokens: Mapping[int, tuple[str, bool]]  # id -> (content, special) from the config files
+    token_names: frozenset[str]  # every added token's text (config files and tokenizer.json)
+    chat_template: str | None  # the checkpoint's own, else a fallback for its layout, else None
+    is_default: bool = False
+
+    @property
+    def where(self) -> Path:
+        return self.folder / "config.json"
+
+    def has_token(self, text: str) -> bool:
+        return text in self.token_names
+
+
+# ---- where ----------------------------------------------------------------------------------
+
+def weights_dir() -> Path:
+    """$DLLM_WEIGHTS_DIR, else weights/ next to the dllm_cli package."""
+    env = os.environ.get("DLLM_WEIGHTS_DIR")
+    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "weights"
 
 
 def default_model_dir() -> Path:
-    """$DLLM_WEIGHTS_DIR/<name>, else weights/<name> next to the package (as checkpoint.weights_dir,
-    which cannot be imported here: it imports torch)."""
-    env = os.environ.get("DLLM_WEIGHTS_DIR")
-    base = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "weights"
-    return base / DEFAULT_MODEL_NAME
+    return weights_dir() / DEFAULT_MODEL_NAME
 
 
-def resolve_model_path(cli_value: str | None) -> str:
-    """--model > $DLLM_MODEL > user config > "default" (see config.resolve_model)."""
-    from .config import resolve_model
-
-    return resolve_model(cli_value)
+def is_default(path: str | os.PathLike[str] | None) -> bool:
+    return path is None or str(path) == DEFAULT
 
 
-def model_dir(model_path: str) -> Path:
-    """The folder of a model choice; a missing one is a CheckpointError naming it."""
-    from .errors import CheckpointError
-
-    folder = default_model_dir() if model_path == "default" else Path(model_path).expanduser()
+def resolve(path: str | os.PathLike[str] | None) -> Path:
+    """The folder of a model choice (None or "default": the embedded model); CheckpointError when
+    it is missing, not a folder, or has no config.json."""
+    if is_default(path):
+        folder = default_model_dir()
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"the embedded default model is missing ({folder} has no config.json; "
+                                  "reinstall dllm or set $DLLM_WEIGHTS_DIR); pass --model PATH to a "
+                                  "checkpoint folder")
+        return folder
+    folder = Path(str(path)).expanduser()
+    if not folder.exists():
+        raise CheckpointError(f"{folder}: no such folder; pass --model PATH to a downloaded "
+                              "checkpoint folder (see docs/models.md)")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder; pass the checkpoint folder that holds config.json")
     if not (folder / "config.json").is_file():
-        hint = ("the embedded model is not built yet; pass --model PATH to a checkpoint folder"
-                if model_path == "default" else "pass --model PATH to a folder with config.json")
-        raise CheckpointError(f"{folder}: no checkpoint here (config.json missing); {hint}")
+        raise CheckpointError(f"{folder / 'config.json'}: missing; a checkpoint folder needs its config.json "
+                              "(download the whole model repository, see docs/models.md)")
     return folder
 
 
-def model_name(model_path: str) -> str:
-    return DEFAULT_MODEL_NAME if model_path == "default" else Path(model_path).expanduser().name
+def model_name(path: str | os.PathLike[str] | None) -> str:
+    return DEFAULT_MODEL_NAME if is_default(path) else Path(str(path)).expanduser().name
 
 
-def read_model_config(folder: Path) -> dict:
-    from .errors import CheckpointError
+# ---- inspect ----------------------------------------------------------------------------------
 
+def inspect(path: str | os.PathLike[str] | None) -> Checkpoint:
+    """Read what a checkpoint's small files say: config, layout, family, context, tokenizer
+    files, chat template (with its fallback). CheckpointError / TokenizerError name the file."""
+    folder = resolve(path)
+    config = read_json(folder / "config.json", CheckpointError)
+    layout = layout_of(config)
+    tok_config = _tokenizer_config(folder)
+    added = _added_tokens(folder, tok_config)
+    names = frozenset(content for content, _ in added.values()) | _tokenizer_json_added(folder)
+    template = _chat_template(folder, tok_config)
+    if template is None:
+        template = fallback_template(layout, names)
+    return Checkpoint(folder=folder, name=model_name(path), config=config, layout=layout,
+                      family=family_of(config, layout, names), context_length=context_length(config),
+                      tokenizer_config=tok_config, added_tokens=added, token_names=names,
+                      chat_template=template, is_default=is_default(path))
+
+
+def read_json(path: Path, error: type[DllmError] = CheckpointError) -> dict[str, Any]:
+    """A JSON object from `path`; `error` (naming the file) when unreadable or not an object."""
     try:
-        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder / 'config.json'}: not readable JSON ({exc}); "
-                              "re-download the checkpoint") from None
+        raise error(f"{path}: not valid JSON ({exc}); re-download the checkpoint") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{folder / 'config.json'}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object; re-download the checkpoint")
     return data
 
 
-def context_length(config: dict) -> int:
+def layout_of(config: Mapping[str, Any]) -> str | None:
+    """The layout config.json names: from model_type, else architectures; None if unknown.
+
+    A model_type that is present but unknown is not second-guessed from architectures:
+    e.g. block-causal Qwen2 variants share Qwen2 architectures but not its attention."""
+    model_type = str(config.get("model_type") or "").lower()
+    if model_type:
+        return next((name for name, (types, _) in LAYOUT_TYPES.items() if model_type in types), None)
+    archs = config.get("architectures") or []
+    for name, (_, architectures) in LAYOUT_TYPES.items():
+        if any(a in architectures for a in archs if isinstance(a, str)):
+            return name
+    return None
+
+
+def supported_model_types() -> list[str]:
+    return [t for types, _ in LAYOUT_TYPES.values() for t in types]
+
+
+def family_of(config: Mapping[str, Any], layout: str | None, token_names: frozenset[str]) -> str:
+    """The checkpoint family (for recipes): config's "dllm_family" wins, else clues in the files.
+    The loader, `dllm models` and the recipes all take it from here."""
+    named = config.get("dllm_family")
+    if isinstance(named, str) and named:
+        return named
+    if layout == "llada":
+        return "llada"
+    if layout == "dream":
+        if str(config.get("model_type", "")).lower() == "qwen2":
+            return "open-dcoder"
+        if "<|dlm_pad|>" in token_names:
+            return "diffucoder"
+        if "<|expand|>" in token_names:
+            return "dreamon"
+        return "dream"
+    return str(config.get("model_type") or "unknown").lower()
+
+
+def context_length(config: Mapping[str, Any]) -> int:
     """Positions the model was trained on (Qwen2: max_position_embeddings; OLMo: max_sequence_length)."""
     for key in ("max_position_embeddings", "max_sequence_length", "n_positions"):
-        if isinstance(config.get(key), int) and config[key] > 0:
-            return config[key]
-    return 4096
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return FALLBACK_CONTEXT
 
 
-def model_candidates(paths: list[Path]) -> list[tuple[str, Path]]:
-    from .config import home_dir, user_settings
+def fallback_template(layout: str | None, token_names: frozenset[str]) -> str | None:
+    """The chat template for a checkpoint that ships none: LLaDA's format for the LLaDA layout,
+    ChatML when the vocabulary has <|im_start|>, else None (raw prompts only)."""
+    if layout == "llada":
+        return LLADA_CHAT_TEMPLATE
+    if "<|im_start|>" in token_names:
+        return CHATML_TEMPLATE
+    return None
 
-    found = [("default", default_model_dir())]
-    for source, value in (("$DLLM_MODEL", os.environ.get("DLLM_MODEL")), ("config", user_settings().model)):
-        if value:
-            found.append((source, Path(value).expanduser()))
-    user_models = home_dir() / "models"
-    if user_models.is_dir():
-        found += [("user", d) for d in sorted(user_models.iterdir()) if (d / "config.json").is_file()]
-    found += [("argument", Path(p).expanduser()) for p in paths]
-    seen, unique = set(), []
-    for source, folder in found:
-        key = folder.resolve()
+
+# ---- tokenizer files -------------------------------------------------------------------------
+
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
+    """tokenizer_config.json with special_tokens_map.json's special tokens under it (transformers
+    merges them too; tokenizer_config.json wins)."""
+    path = folder / "tokenizer_config.json"
+    config = read_json(path, TokenizerError) if path.is_file() else {}
+    map_path = folder / "special_tokens_map.json"
+    if map_path.is_file():
+        special = {k: v for k, v in read_json(map_path, TokenizerError).items() if k in SPECIAL_KEYS}
+        config = {**special, **config}
+    return config
+
+
+def _added_tokens(folder: Path, tok_config: Mapping[str, Any]) -> dict[int, tuple[str, bool]]:
+    """{id: (content, special)} from added_tokens.json and tokenizer_config.json."""
+    added: dict[int, tuple[str, bool]] = {}
+    path = folder / "added_tokens.json"
+    try:
+        if path.is_file():
+            for content, tid in read_json(path, TokenizerError).items():
+                added[int(tid)] = (content, True)
+        path = folder / "tokenizer_config.json"
+        for tid, entry in (tok_config.get("added_tokens_decoder") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
+                added[int(tid)] = (entry["content"], bool(entry.get("special", True)))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TokenizerError(f"{path}: an added token id is not an integer ({exc}); re-download it") from None
+    return added
+
+
+def _tokenizer_json_added(folder: Path) -> frozenset[str]:
+    """The contents of tokenizer.json's "added_tokens" list, read from the head of the file
+    (the list precedes the vocabulary); empty when absent or unreadable (the loader reports it)."""
+    path = folder / "tokenizer.json"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(_ADDED_TOKENS_SCAN).decode("utf-8", errors="ignore")
+    except OSError:
+        return frozenset()
+    at = head.find('"added_tokens"')
+    start = head.find("[", at) if at >= 0 else -1
+    if start < 0:
+        return frozenset()
+    try:
+        entries, _ = json.JSONDecoder().raw_decode(head, start)
+    except ValueError:
+        return frozenset()
+    return frozenset(e["content"] for e in entries if isinstance(e, dict) and isinstance(e.get("content"), str))
+
+
+def _chat_template(folder: Path, tok_config: Mapping[str, Any]) -> str | None:
+    """chat_template.jinja, else tokenizer_config's chat_template (a string or a named list)."""
+    path = folder / "chat_template.jinja"
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        return text if text.strip() else None
+    value = tok_config.get("chat_template")
+    if isinstance(value, list):  # [{"name": "default", "template": ...}, ...]
+        named = {e.get("name"): e.get("template") for e in value if isinstance(e, dict)}
+        value = named.get("default") or next(iter(named.values()), None)
+    return value if isinstance(value, str) else None
+
+
+# ---- dllm models ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRow:
+    """One row of `dllm models` (what the files say; no weights read)."""
+
+    name: str
+    path: str
+    source: str  # "default" | "$DLLM_MODEL" | "config" | "user" | "argument"
+    chosen: bool
+    family: str = "-"
+    layout: str | None = None
+    params: int | None = None
+    params_human: str = "-"
+    dtype: str = "-"
+    context: int | None = None
+    licence: str = "-"
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source: str
+    folder: Path
+    default: bool = field(default=False)
+
+
+def model_candidates(models_dir: Path, choices: list[tuple[str, str]], paths: list[Path]) -> list[Candidate]:
+    """The embedded default, the user's choices ((source, path) pairs: $DLLM_MODEL, config), the
+    folders in `models_dir`, then `paths`; each folder once."""
+    found = [Candidate("default", default_model_dir(), True)]
+    found += [Candidate(source, Path(value).expanduser()) for source, value in choices if value]
+    if models_dir.is_dir():
+        found += [Candidate("user", d) for d in sorted(models_dir.iterdir()) if (d / "config.json").is_file()]
+    found += [Candidate("argument", Path(p).expanduser()) for p in paths]
+    seen: set[Path] = set()
+    unique = []
+    for c in found:
+        key = c.folder.resolve()
         if key not in seen:
             seen.add(key)
-            unique.append((source, folder))
+            unique.append(c)
     return unique
 
 
-def describe_model(source: str, folder: Path, chosen: str) -> dict:
-    """What config.json, the safetensors headers and the model card say (no weights read)."""
-    is_chosen = (chosen == "default" and source == "default") or (
-        chosen != "default" and Path(chosen).expanduser().resolve() == folder.resolve())
-    row = {"name": DEFAULT_MODEL_NAME if source == "default" else folder.name, "path": str(folder),
-           "source": source, "chosen": is_chosen, "family": "-", "params": None, "params_human": "-",
-           "dtype": "-", "context": None, "licence": "-", "error": None}
+def describe(candidate: Candidate, chosen: Path | None) -> ModelRow:
+    """A `dllm models` row: inspect() plus the safetensors headers and the card's licence."""
+    folder = candidate.folder
+    name = DEFAULT_MODEL_NAME if candidate.default else folder.name
+    is_chosen = chosen is not None and folder.resolve() == chosen.resolve()
+    base = ModelRow(name=name, path=str(folder), source=candidate.source, chosen=is_chosen)
     try:
-        config = read_model_config(model_dir("default" if source == "default" else str(folder)))
+        ckpt = inspect(DEFAULT if candidate.default else folder)
     except DllmError as err:
-        row["error"] = str(err)
-        row["family"] = "missing" if not (folder / "config.json").exists() else "unreadable"
-        return row
+        family = "missing" if not (folder / "config.json").exists() else "unreadable"
+        return ModelRow(**{**base.as_dict(), "family": family, "error": str(err)})
     params, header_dtype = safetensors_params(folder)
-    row.update(family=model_family(config), params=params, params_human=human_count(params),
-               dtype=str(config.get("torch_dtype") or config.get("dtype") or header_dtype or "-"),
-               context=context_length(config), licence=model_licence(folder))
-    return row
-
-
-def model_family(config: dict) -> str:
-    """`dllm_family` when the checkpoint names one (our own models), else from the model type."""
-    if isinstance(config.get("dllm_family"), str) and config["dllm_family"]:
-        return config["dllm_family"]
-    kind = str(config.get("model_type") or "").lower()
-    arch = " ".join(config.get("architectures") or []).lower()
-    if "llada" in kind or "llada" in arch:
-        return "llada"
-    if "dream" in kind or "dream" in arch:
-        return "dream"
-    return kind or arch or "unknown"
+    dtype = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype") or header_dtype or "-"
+    return ModelRow(**{**base.as_dict(), "family": ckpt.family, "layout": ckpt.layout, "params": params,
+                       "params_human": human_count(params), "dtype": str(dtype),
+                       "context": ckpt.context_length, "licence": model_licence(folder)})
 
 
 def safetensors_params(folder: Path) -> tuple[int | None, str | None]:
     """Parameter count and dtype from the safetensors headers (8-byte length + JSON)."""
-    import struct
-
     total, dtype = 0, None
     files = sorted(folder.glob("*.safetensors"))
     for path in files:

@@ -1,16 +1,15 @@
-"""Settings: the sampler configuration, per-model recipes, and where user files live.
+"""How to denoise: the sampler configuration, the CLI's option rules, and per-model recipes.
 
-Knows: option values and their validation, the recipes of the published checkpoints
-(docs/models.md), the XDG / DLLM_HOME locations. Must not import torch: the CLI reads
-this module before deciding whether to load a model at all.
+Knows: option values and their validation, how command-line options turn into a SamplerConfig
+(`SamplerConfig.from_options`, usable from Python too), the recipes of the published checkpoints
+(docs/models.md). Must not: import torch, or know where files live (settings.py) or what a
+checkpoint is (catalog.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Any
 
 from .errors import UsageError
 
@@ -101,9 +100,31 @@ class SamplerConfig:
     def total_steps(self) -> int:
         return self.steps or self.gen_length
 
-    def with_(self, **changes) -> "SamplerConfig":
+    def with_(self, **changes: Any) -> "SamplerConfig":
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)
+
+    @classmethod
+    def from_options(cls, base: "SamplerConfig | None" = None, *, gen_length: int | None = None,
+                     steps: int | None = None, block_length: int | None = None,
+                     temperature: float | None = None, threshold: float | None = None,
+                     seed: int | None = None, alg: str | None = None) -> "SamplerConfig":
+        """`base` (default: SamplerConfig(), dllm's fast mode) with the command-line options given
+        (None: not given). The CLI's rules: 0 turns --block-length / --threshold off; a
+        --gen-length without --block-length gets a block that divides it (fitting_block);
+        --alg p2 (the whole canvas, no blocks, threshold or cache) turns both off unless given."""
+        changes: dict[str, Any] = {k: v for k, v in dict(gen_length=gen_length, steps=steps,
+                                                         temperature=temperature, seed=seed,
+                                                         alg=alg).items() if v is not None}
+        if alg in REMASK_ALGS:
+            changes.update(block_length=None, threshold=None, cache="none")
+        if block_length is not None:
+            changes["block_length"] = block_length or None
+        elif gen_length is not None and alg not in REMASK_ALGS:
+            changes["block_length"] = fitting_block(gen_length)
+        if threshold is not None:
+            changes["threshold"] = threshold or None
+        return (base or cls()).with_(**changes)
 
     @classmethod
     def reference(cls, gen_length: int = 128, block_length: int | None = 32,
@@ -185,42 +206,3 @@ def recipe(name: str) -> Recipe:
     if key not in RECIPES:
         raise UsageError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return RECIPES[key]
-
-
-# ---- where user files live -------------------------------------------------------------
-
-def home_dir() -> Path:
-    """dllm's user directory: $DLLM_HOME, else $XDG_CONFIG_HOME/dllm, else ~/.config/dllm."""
-    if os.environ.get("DLLM_HOME"):
-        return Path(os.environ["DLLM_HOME"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "dllm"
-
-
-@dataclass(frozen=True)
-class UserSettings:
-    """Contents of <home>/config.json: {"model": "/path/to/checkpoint", "device": "cuda"}."""
-
-    model: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def user_settings() -> UserSettings:
-    path = home_dir() / "config.json"
-    if not path.is_file():
-        return UserSettings()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc}); fix or delete the file") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object such as {{\"model\": \"/path\"}}")
-    return UserSettings(model=data.get("model"), device=data.get("device"), dtype=data.get("dtype"),
-                        extra={k: v for k, v in data.items() if k not in ("model", "device", "dtype")})
-
-
-def resolve_model(cli_value: str | None) -> str:
-    """--model PATH > $DLLM_MODEL > user config > the embedded default ("default")."""
-    return cli_value or os.environ.get("DLLM_MODEL") or user_settings().model or "default"

@@ -1,10 +1,11 @@
-"""What dllm sends the model besides the task: repository files and piped stdin.
+"""What dllm sends the model besides the task: repository files (and piped stdin's budget).
 
-Knows: the git work tree (via GitPython; works from any subdirectory), which files are
-tracked or untracked-but-not-ignored, how to rank them against the prompt, the token
-budget, the secrets filter, and the size cap of piped stdin. Tokens are counted with a
-callable passed in (the model's tokenizer), so this module never loads a model.
-Must not import torch, and never reads a file that the secrets filter refuses.
+Knows: the `Tree` of files dllm may read (the work tree's tracked and untracked-but-not-ignored
+files, each read at most once per run and shared by every step that needs it), how to rank files
+against the prompt, the token budget, the secrets filter, and which files an anchored edit may
+rewrite (`source_files`). Tokens are counted with a callable passed in (the model's tokenizer),
+so this module never loads a model. Git questions go through repo.py.
+Must not: import torch or GitPython, touch the terminal, or read a file the secrets filter refuses.
 
 Order of selection: explicit paths (command-line arguments), then `@path` mentions in the
 prompt, then tracked files ranked by relevance, each while it fits the budget. Outside a
@@ -18,16 +19,15 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
 
+from . import repo
 from .errors import UsageError
 from .prompt import format_file
-from .ui import isatty
 
 MAX_FILE_BYTES = 256 * 1024  # a bigger file is "huge": never sent
-STDIN_CAP_BYTES = 64 * 1024  # piped stdin beyond this is cut (and said so)
 MAX_RANKED_FILES = 5000  # ranking reads at most this many tracked files
 MAX_RANKED_BYTES = 32 * 1024 * 1024  # ... and at most this much text in all
 BINARY_SNIFF_BYTES = 8192
@@ -88,6 +88,15 @@ class Context:
     def tokens(self) -> int:
         return sum(f.tokens for f in self.files) + self.stdin_tokens
 
+    def without_last_ranked(self, why: str) -> "Context | None":
+        """This context with its last ranked file moved to `skipped` (None: no ranked file left)."""
+        for i in range(len(self.files) - 1, -1, -1):
+            f = self.files[i]
+            if f.reason.startswith("relevant"):
+                return replace(self, files=self.files[:i] + self.files[i + 1:],
+                               skipped=self.skipped + (Skipped(f.path, why, True),))
+        return None
+
     def report_lines(self) -> list[str]:
         """What stderr says about the selection: the notes, one line per skipped file the user
         named or mentioned (secret, binary, ignored, ...), and one line per reason for the ranked
@@ -101,37 +110,51 @@ class Context:
         return lines
 
 
-# ---- the work tree -------------------------------------------------------------------
+# ---- the files dllm may read ---------------------------------------------------------------
 
-def find_root(start: Path | str = ".") -> Path | None:
-    """The git work tree containing `start`, or None outside a repository."""
-    import git  # GitPython: imported here so `dllm --help` stays fast
+class Tree:
+    """The work tree of one run: its root, whether it is a git repository, its listed files, and
+    every file read so far (each file is read at most once, whoever asks)."""
 
-    try:
-        repo = git.Repo(Path(start).resolve(), search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return None
-    if repo.bare or repo.working_tree_dir is None:
-        return None
-    return Path(repo.working_tree_dir).resolve()
+    def __init__(self, root: Path, in_git: bool, cwd: Path | None = None) -> None:
+        self.root, self.in_git = root, in_git
+        self.cwd = cwd or root
+        self._listed: list[str] | None = None
+        self._listed_set: frozenset[str] | None = None
+        self._texts: dict[str, tuple[str | None, str]] = {}
 
+    @classmethod
+    def open(cls, cwd: Path | str = ".") -> "Tree":
+        """The git work tree containing `cwd`, else `cwd` itself (named files only)."""
+        here = Path(cwd).resolve()
+        root = repo.find_root(here)
+        return cls(root or here, root is not None, here)
 
-def listed_files(root: Path) -> list[str]:
-    """Tracked plus untracked-but-not-ignored files (git's own .gitignore logic)."""
-    import git
+    @property
+    def listed(self) -> list[str]:
+        """Tracked plus untracked-but-not-ignored files ([] outside git)."""
+        if self._listed is None:
+            self._listed = repo.listed_files(self.root) if self.in_git else []
+        return self._listed
 
-    out = git.Repo(root).git.ls_files("-z", "--cached", "--others", "--exclude-standard")
-    paths = sorted({p for p in out.split("\0") if p})
-    return [p for p in paths if (root / p).is_file() and not (root / p).is_symlink()]
+    def is_listed(self, rel: str) -> bool:
+        if self._listed_set is None:
+            self._listed_set = frozenset(self.listed)
+        return rel in self._listed_set
 
+    def ignored(self, rel: str) -> bool:
+        """Ignored by .gitignore (a listed file never is)."""
+        return self.in_git and not self.is_listed(rel) and repo.is_ignored(self.root, rel)
 
-def is_ignored(root: Path, rel: str) -> bool:
-    import git
+    def read(self, rel: str) -> tuple[str | None, str]:
+        """(text, "") for a sendable file, else (None, why not); read once, then remembered."""
+        if rel not in self._texts:
+            self._texts[rel] = read_text(self.root / rel)
+        return self._texts[rel]
 
-    try:
-        return bool(git.Repo(root).ignored(rel))
-    except git.GitCommandError:
-        return False
+    def grep(self, pattern: str, globs: Sequence[str]) -> list[str]:
+        """Listed files whose text matches `pattern` (git grep: no file is read here)."""
+        return repo.grep_files(self.root, pattern, globs) if self.in_git else []
 
 
 # ---- filters ---------------------------------------------------------------------------
@@ -167,24 +190,6 @@ def read_text(path: Path) -> tuple[str | None, str]:
     if PRIVATE_KEY_TEXT.search(text):
         return None, "secret (contains a private key)"
     return text, ""
-
-
-# ---- stdin -------------------------------------------------------------------------------
-
-def read_stdin(stream, cap: int = STDIN_CAP_BYTES) -> tuple[str | None, str | None]:
-    """(text, note) from piped stdin; (None, None) when stdin is a terminal or empty.
-
-    Reads only when `stream` is not a TTY, at most `cap` bytes (+1 to detect the cut)."""
-    if stream is None or isatty(stream):
-        return None, None
-    raw = getattr(stream, "buffer", stream).read(cap + 1)
-    data = raw if isinstance(raw, bytes) else raw.encode("utf-8")
-    note = None
-    if len(data) > cap:
-        data = data[:cap]
-        note = f"piped input cut to its first {cap // 1024} KiB"
-    text = data.decode("utf-8", errors="replace")
-    return (text if text.strip() else None), note
 
 
 # ---- ranking -----------------------------------------------------------------------------
@@ -229,50 +234,45 @@ MAX_RANKED = 5  # ranked (not named) files sent at most: a long prompt slows eve
 
 
 def gather(prompt: str, paths: Sequence[str] = (), *, count_tokens: Callable[[str], int],
-           budget: int, stdin_text: str | None = None, cwd: Path | str = ".",
-           notes: Iterable[str] = ()) -> Context:
+           budget: int, stdin_text: str | None = None, tree: Tree | None = None,
+           cwd: Path | str = ".", notes: Iterable[str] = ()) -> Context:
     """Pick the files (and stdin) to send for `prompt`, within `budget` tokens.
 
-    `paths` are relative to `cwd` (files or directories). A named file that does not fit
-    the budget is a UsageError; a named secret, binary, huge or ignored file is skipped
-    with its reason (never sent)."""
-    cwd = Path(cwd).resolve()
-    root = find_root(cwd)
-    sel = _Selection(root or cwd, root is not None, count_tokens, budget, list(notes))
+    `paths` are relative to the tree's cwd (files or directories); `tree` defaults to
+    Tree.open(cwd). A named file that does not fit the budget is a UsageError; a named secret,
+    binary, huge or ignored file is skipped with its reason (never sent)."""
+    tree = tree or Tree.open(cwd)
+    sel = _Selection(tree, count_tokens, budget, list(notes))
     if stdin_text:
         sel.add_stdin(stdin_text)
     for raw in paths:
-        for rel in sel.expand(cwd, raw, strict=True):
+        for rel in sel.expand(raw, strict=True):
             sel.add(rel, "named", strict=True)
     for raw in mentions(prompt):
-        for rel in sel.expand(cwd, raw, strict=False):
+        for rel in sel.expand(raw, strict=False):
             sel.add(rel, "mentioned", strict=True)
-    if sel.in_git:
+    if tree.in_git:
         sel.add_ranked(prompt_words(prompt))
     return sel.context()
 
 
-def source_files(prompt: str, paths: Sequence[str] = (), *, cwd: Path | str = ".",
-                 suffixes: tuple[str, ...] = (".py",)) -> list[tuple[str, str]]:
-    """(path, text) of the files an anchored edit may rewrite, whatever their size in tokens:
-    the named `paths` and @mentions, or, when there are none, the tracked files (at most
-    MAX_RANKED_FILES / MAX_RANKED_BYTES). Only `suffixes`; secret, ignored, binary and huge
-    files are left out, as for the prompt."""
-    cwd = Path(cwd).resolve()
-    root = find_root(cwd)
-    sel = _Selection(root or cwd, root is not None, lambda text: 0, 0, [])
-    wanted = [rel for raw in paths for rel in sel.expand(cwd, raw, strict=True)]
-    wanted += [rel for raw in mentions(prompt) for rel in sel.expand(cwd, raw, strict=False)]
-    if not wanted and sel.in_git:
-        wanted = sel.listed[:MAX_RANKED_FILES]
+def named_files(prompt: str, paths: Sequence[str], tree: Tree) -> list[str]:
+    """The files `paths` and the prompt's @mentions name (directories expanded), in order."""
+    sel = _Selection(tree, lambda text: 0, 0, [])
+    wanted = [rel for raw in paths for rel in sel.expand(raw, strict=True)]
+    wanted += [rel for raw in mentions(prompt) for rel in sel.expand(raw, strict=False)]
+    return list(dict.fromkeys(wanted))
+
+
+def source_files(rels: Iterable[str], tree: Tree, suffixes: tuple[str, ...] = (".py",)) -> list[tuple[str, str]]:
+    """(path, text) of the files among `rels` an anchored edit may rewrite, whatever their size in
+    tokens: only `suffixes`; secret, ignored, binary and huge files are left out, as for the prompt."""
     out: list[tuple[str, str]] = []
     total = 0
-    for rel in dict.fromkeys(wanted):
-        if not rel.endswith(suffixes) or is_secret(rel):
+    for rel in rels:
+        if not rel.endswith(suffixes) or is_secret(rel) or tree.ignored(rel):
             continue
-        if sel.in_git and rel not in sel.listed_set and is_ignored(sel.root, rel):
-            continue
-        text, _ = read_text(sel.root / rel)
+        text, _ = tree.read(rel)
         if text is not None:
             out.append((rel, text))
             total += len(text)
@@ -284,9 +284,8 @@ def source_files(prompt: str, paths: Sequence[str] = (), *, cwd: Path | str = ".
 class _Selection:
     """The running choice of files: what is in, what was skipped, tokens left."""
 
-    def __init__(self, root: Path, in_git: bool, count: Callable[[str], int], budget: int,
-                 notes: list[str]) -> None:
-        self.root, self.in_git, self.count, self.budget = root, in_git, count, budget
+    def __init__(self, tree: Tree, count: Callable[[str], int], budget: int, notes: list[str]) -> None:
+        self.tree, self.count, self.budget = tree, count, budget
         self.left = budget
         self.files: list[ContextFile] = []
         self.skipped: list[Skipped] = []
@@ -294,20 +293,6 @@ class _Selection:
         self.notes = notes
         self.stdin_text: str | None = None
         self.stdin_tokens = 0
-        self._listed: list[str] | None = None
-        self._listed_set: set[str] | None = None
-
-    @property
-    def listed(self) -> list[str]:
-        if self._listed is None:
-            self._listed = listed_files(self.root) if self.in_git else []
-        return self._listed
-
-    @property
-    def listed_set(self) -> set[str]:
-        if self._listed_set is None:
-            self._listed_set = set(self.listed)
-        return self._listed_set
 
     def add_stdin(self, text: str) -> None:
         tokens = self.count(f"stdin\n```\n{text}\n```\n") + 1
@@ -317,30 +302,31 @@ class _Selection:
         self.stdin_text, self.stdin_tokens = text, tokens
         self.left -= tokens
 
-    def expand(self, cwd: Path, raw: str, *, strict: bool) -> list[str]:
+    def expand(self, raw: str, *, strict: bool) -> list[str]:
         """Repository-relative files named by `raw` (a file, or a directory's files)."""
-        target = Path(os.path.normpath(cwd / Path(raw).expanduser()))
+        root, in_git = self.tree.root, self.tree.in_git
+        target = Path(os.path.normpath(self.tree.cwd / Path(raw).expanduser()))
         real = target.resolve()
-        if not _inside(target, self.root) or not _inside(real, self.root):
+        if not _inside(target, root) or not _inside(real, root):
             if strict:
-                raise UsageError(f"{raw}: outside the {'repository' if self.in_git else 'current directory'} "
-                                 f"{self.root}; name files inside it")
+                raise UsageError(f"{raw}: outside the {'repository' if in_git else 'current directory'} "
+                                 f"{root}; name files inside it")
             return []
         if not target.exists():
             if strict:
-                raise UsageError(f"{raw}: no such file; check the path (relative to {cwd})")
+                raise UsageError(f"{raw}: no such file; check the path (relative to {self.tree.cwd})")
             return []
-        rel = target.relative_to(self.root).as_posix()
+        rel = target.relative_to(root).as_posix()
         if ".git" in PurePosixPath(rel).parts:
             self.skipped.append(Skipped(rel, "inside .git: never sent"))
             return []
         if target.is_file():
             return [rel]
-        if self.in_git:
+        if in_git:
             prefix = "" if rel == "." else rel + "/"
-            return [p for p in self.listed if p.startswith(prefix)]
-        return sorted(p.relative_to(self.root).as_posix() for p in target.rglob("*")
-                      if p.is_file() and not any(s.startswith(".") for s in p.relative_to(self.root).parts))
+            return [p for p in self.tree.listed if p.startswith(prefix)]
+        return sorted(p.relative_to(root).as_posix() for p in target.rglob("*")
+                      if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts))
 
     def add(self, rel: str, reason: str, *, strict: bool) -> None:
         """Send `rel` if it may be sent and fits. `strict`: the user named or mentioned it (a
@@ -352,10 +338,10 @@ class _Selection:
         if is_secret(rel):
             self.skipped.append(Skipped(rel, "secret: never sent", ranked))
             return
-        if self.in_git and rel not in self.listed_set and is_ignored(self.root, rel):
+        if self.tree.ignored(rel):
             self.skipped.append(Skipped(rel, "ignored by .gitignore", ranked))
             return
-        text, why = read_text(self.root / rel)
+        text, why = self.tree.read(rel)
         if text is None:
             self.skipped.append(Skipped(rel, why, ranked))
             return
@@ -372,10 +358,10 @@ class _Selection:
     def add_ranked(self, words: set[str]) -> None:
         texts: dict[str, str] = {}
         total = 0
-        for rel in self.listed[:MAX_RANKED_FILES]:
+        for rel in self.tree.listed[:MAX_RANKED_FILES]:
             if rel in self.seen or is_secret(rel):
                 continue
-            text, _ = read_text(self.root / rel)
+            text, _ = self.tree.read(rel)
             if text is not None:
                 texts[rel] = text
                 total += len(text)
@@ -390,7 +376,7 @@ class _Selection:
             added += len(self.files) - before
 
     def context(self) -> Context:
-        return Context(self.root, self.in_git, tuple(self.files), self.stdin_text, self.stdin_tokens,
+        return Context(self.tree.root, self.tree.in_git, tuple(self.files), self.stdin_text, self.stdin_tokens,
                        self.budget, tuple(self.skipped), tuple(self.notes))
 
 

@@ -1,8 +1,11 @@
-"""Anchored infilling: the CLI picks a region of a file, the model denoises only that region.
+"""Anchored infilling: dllm picks a region of a file, the model denoises only that region.
 
-Knows: how to find functions in Python source (ast) and which of them are stubs; how to cut a
-file into prefix / region / suffix at whole lines; and the canvas layout the embedded model is
-trained on and `dllm code` sends (one function shared by both, so they cannot drift apart):
+Knows: how to find functions in Python source (ast) and which of them are stubs; which stubs a
+task asks for (the infill plan, `plan`); the regex that finds candidate files without reading
+them (`definition_pattern`); how to cut a file into prefix / region / suffix at whole lines and
+put a body back; whether a rewritten Python file still compiles (compiled, never run); and the
+canvas layout the embedded model is trained on and `dllm code` sends (one function shared by
+both, so they cannot drift apart):
 
     [eos if the prefix reaches the file start] prefix-tail  <gen_length masks>  suffix-head
     [eos if the suffix reaches the file end]
@@ -20,6 +23,10 @@ from dataclasses import dataclass
 
 STUB_LINES = ("...", "pass", "raise NotImplementedError", "raise NotImplementedError()")
 PREFIX_SHARE = 0.75  # of the context left after the canvas: the rest goes to the suffix
+MAX_REGIONS = 8  # stub bodies filled in one run
+CONTEXT_CAP = 4096  # positions one infill canvas may span (prefix + canvas + suffix)
+MAX_NAMES = 64  # task words turned into the definition search
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -68,24 +75,56 @@ def is_stub(text: str, f: Func) -> bool:
 
 @dataclass(frozen=True)
 class Region:
-    """Lines [start, end) of `path` to be rewritten by the model."""
+    """Lines [start, end) of `path` to be rewritten by the model; `text` is the whole file as it
+    was read (CRLF as LF), so nothing reads it again."""
 
     path: str
     start: int
     end: int
     name: str = ""  # the function whose body this is ("" for a plain line range)
+    text: str = ""
+
+    @property
+    def what(self) -> str:
+        return f"the body of {self.name}" if self.name else "the region"
+
+
+def definition_pattern(task: str) -> str | None:
+    """An extended regular expression (as `git grep -E` takes it) for a Python `def` of a name
+    the task mentions; None when the task has no identifier. Files that match are the only ones
+    read and parsed when the user names no file."""
+    words = sorted(set(IDENTIFIER.findall(task)))[:MAX_NAMES]
+    if not words:
+        return None
+    return r"def[[:space:]]+(" + "|".join(words) + r")[[:space:]]*\("
+
+
+def plan(files: list[tuple[str, str]], task: str, wanted: bool | None) -> list[Region]:
+    """The infill plan: the stub bodies of `files` the task asks for (stub_regions), at most
+    MAX_REGIONS. `wanted` False (--no-infill): none; True (--infill): at least one, else a
+    UsageError."""
+    from .errors import UsageError
+
+    if wanted is False:
+        return []
+    regions = stub_regions(files, task)
+    if wanted and not regions:
+        raise UsageError("--infill: no stub function (body `...`, `pass` or `raise NotImplementedError`) "
+                         "named in the prompt was found; name the function and its file, or drop --infill")
+    return regions[:MAX_REGIONS]
 
 
 def stub_regions(files: list[tuple[str, str]], task: str) -> list[Region]:
     """The bodies of stub functions in `files` ((path, text) pairs) that the task names; when it
     names no function of these files at all but asks to implement/fill/complete, every stub."""
-    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", task))
+    words = set(IDENTIFIER.findall(task))
     stubs, names = [], set()
-    for path, text in files:
+    for path, raw in files:
+        text = raw.replace("\r\n", "\n")
         for f in functions(text):
             names.add(f.name)
             if is_stub(text, f):
-                stubs.append(Region(path, f.body_start, f.end, f.name))
+                stubs.append(Region(path, f.body_start, f.end, f.name, text))
     named = [r for r in stubs if r.name in words]
     if named or words & names:
         return named
@@ -116,3 +155,23 @@ def canvas(prefix_ids: list[int], suffix_ids: list[int], gen_length: int, contex
     n_pre = min(len(pre), room - n_suf)
     n_suf = min(len(suf), room - n_pre)
     return pre[len(pre) - n_pre:], suf[:n_suf]
+
+
+def with_body(text: str, region: Region, body: str) -> str:
+    """`text` with the region's lines replaced by `body` (a final newline added when missing)."""
+    prefix, _, suffix = split(text, region.start, region.end)
+    return prefix + (body if body.endswith("\n") else body + "\n") + suffix
+
+
+def syntax_problem(path: str, text: str) -> str | None:
+    """For a Python file: the first syntax error of `text` ("line N: message"), else None.
+    Only compiled, never run."""
+    if not path.endswith(".py"):
+        return None
+    try:
+        compile(text, path, "exec", dont_inherit=True)
+    except SyntaxError as err:
+        return f"line {err.lineno}: {err.msg}"
+    except ValueError as err:  # e.g. a NUL byte in the generated text
+        return str(err)
+    return None

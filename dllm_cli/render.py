@@ -1,31 +1,29 @@
-"""Everything dllm draws on a terminal: the live denoising view, the diff view, the
-context tables (chat and infill mode), the load progress bar, and the confirmation prompt.
+"""What dllm draws, with Rich: the live denoising view, the diff view (from the structured
+Patch), the context tables (chat and infill mode), the `dllm models` table and the load
+progress bar.
 
-Knows: Rich and prompt-toolkit, terminal size, colour rules (Rich honours NO_COLOR,
-FORCE_COLOR and TERM=dumb; an interactive console is a TTY that is not dumb). Draws on
-the console it is given (stderr for people; stdout only for data). Model output is
-untrusted: it is drawn as plain `Text` (never markup) with control characters made
-visible. Must not import torch: it sees token ids as plain ints.
+Knows: Rich renderables, terminal size, frame-rate and height limits. Draws on the console it is
+given (stderr for people; stdout only for data). Model output is untrusted: it is drawn as plain
+`Text` (never markup) with control characters made visible. Must not: import torch (it sees
+token ids as plain ints), read input, or open consoles (ui.py does).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shlex
-import subprocess
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 from rich.console import Console, Group
 from rich.text import Text
 
-from .errors import DllmError
+from .events import DenoiseStep, Generation, SpecialTokens
+
+if TYPE_CHECKING:
+    from .catalog import ModelRow
+    from .context import Context
+    from .patch import Patch
 
 MASK_GLYPH = "░"
 LOW_CONFIDENCE = 0.5  # tokens committed below this are shaded
@@ -46,17 +44,6 @@ def printable(text: str) -> str:
     return text.translate(_CONTROL_PICTURES)
 
 
-PIPE_WIDTH = 200  # tables written to a pipe are not cut at 80 columns
-
-
-def make_console(stderr: bool = True, file=None) -> Console:
-    """A console on stderr (people) or stdout (data); Rich applies the colour env vars."""
-    console = Console(stderr=stderr, file=file, highlight=False, soft_wrap=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = PIPE_WIDTH
-    return console
-
-
 # ---- partial canvases ---------------------------------------------------------------------
 
 class TokenTexts:
@@ -65,14 +52,14 @@ class TokenTexts:
     `hidden` ids (eos, pad...) draw as nothing. Byte-level pieces of one character may
     draw as U+FFFD until the final decode; the live view accepts that."""
 
-    def __init__(self, decode: Callable[[list[int]], str], hidden: Iterable[int] = ()) -> None:
-        self._decode = decode
+    def __init__(self, token_text: Callable[[int], str], hidden: Iterable[int] = ()) -> None:
+        self._token_text = token_text
         self._cache: dict[int, str] = {int(t): "" for t in hidden}
 
     def __call__(self, token_id: int) -> str:
         text = self._cache.get(token_id)
         if text is None:
-            text = self._cache[token_id] = printable(self._decode([token_id]))
+            text = self._cache[token_id] = printable(self._token_text(token_id))
         return text
 
 
@@ -102,16 +89,6 @@ def last_lines(text: Text, console: Console, height: int) -> Text:
     return Text("\n").join(window)
 
 
-class StepLike(Protocol):
-    index: int
-    tokens: list[int]
-    revealed: list[int]
-    confidences: list[float]
-    forwards: int
-    elapsed: float
-    done: bool
-
-
 @dataclass
 class Progress:
     """Counts for the status line and the summary."""
@@ -138,17 +115,18 @@ class DenoiseView:
     status line, refreshed on events at most `max_fps` times a second); "line": a plain
     progress line every few seconds plus a summary; "quiet": only the summary."""
 
-    def __init__(self, console: Console, texts: TokenTexts, mask_id: int, gen_length: int, *,
-                 mode: str = "live", max_fps: float = MAX_FPS) -> None:
+    def __init__(self, console: Console, token_text: Callable[[int], str], tokens: SpecialTokens,
+                 gen_length: int, *, mode: str = "live", max_fps: float = MAX_FPS) -> None:
         assert mode in ("live", "line", "quiet"), mode
-        self.console, self.texts, self.mask_id, self.mode = console, texts, mask_id, mode
+        self.console, self.mode = console, mode
+        self.texts, self.mask_id = TokenTexts(token_text, hidden=tokens.stops), tokens.mask
         self.min_interval = 1.0 / max_fps
         self.progress = Progress(gen_length=gen_length)
         self.confidence: dict[int, float] = {}
         self.focus = 0
         self.frames = 0
         self._last_draw = float("-inf")
-        self._live = None
+        self._live: Any = None
 
     def __enter__(self) -> "DenoiseView":
         if self.mode == "live":
@@ -159,12 +137,12 @@ class DenoiseView:
             self._live.__enter__()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
 
-    def update(self, step: StepLike) -> None:
+    def update(self, step: DenoiseStep) -> None:
         self.confidence.update(zip(step.revealed, step.confidences))
         if step.revealed:
             self.focus = max(step.revealed)
@@ -184,7 +162,7 @@ class DenoiseView:
     def _interval(self) -> float:
         return self.min_interval if self.mode == "live" else LINE_PROGRESS_EVERY_S
 
-    def frame(self, step: StepLike) -> Group:
+    def frame(self, step: DenoiseStep) -> Group:
         """One picture of the canvas: the window of lines around the focus + the status."""
         end = min(self.focus + 1 + FOCUS_TAIL, len(step.tokens))
         text = canvas_text(step.tokens, self.texts, self.mask_id, revealed=step.revealed,
@@ -193,15 +171,18 @@ class DenoiseView:
         return Group(last_lines(text, self.console, height),
                      Text(self.progress.line(), style=STYLE_STATUS))
 
-    def finish(self, output: str | None) -> None:
-        """Close the live region, then print the final text once and a summary line."""
+    def finish(self, gen: Generation, show_text: bool = True) -> None:
+        """Close the live region, then print the final text once (`show_text`) and a summary
+        line with the same figures the --json report gives."""
         self.__exit__(None, None, None)
-        if output is not None:
-            self.console.print(Text(printable(output)))
-        p = self.progress
-        self.console.print(f"dllm: {p.committed} tokens in {p.elapsed:.1f} s "
-                           f"({p.tokens_per_second:.1f} tok/s), {p.steps} steps, {p.forwards} forwards",
-                           style="dim", markup=False, highlight=False)
+        if show_text:
+            self.console.print(Text(printable(gen.text)))
+        self.console.print(summary_line(gen), style="dim", markup=False, highlight=False)
+
+
+def summary_line(gen: Generation) -> str:
+    return (f"dllm: {gen.gen_tokens} tokens in {gen.seconds:.1f} s ({gen.tokens_per_second:.1f} tok/s), "
+            f"{gen.steps} steps, {gen.forwards} forwards")
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -225,84 +206,21 @@ def loading(console: Console, label: str) -> Iterator[Callable[[str], None]]:
 
 # ---- diffs ----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class DiffSummary:
-    created: tuple[str, ...]
-    deleted: tuple[str, ...]
-    modified: tuple[str, ...]
-
-
-def summarize_diff(diff: str) -> DiffSummary:
-    """Created / deleted / modified paths from a unified diff's ---/+++ headers.
-
-    Hunk bodies are skipped by their line counts, so a removed line "-- x" is no header."""
-    created, deleted, modified = [], [], []
-    lines = diff.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            old, new = _header_path(lines[i][4:]), _header_path(lines[i + 1][4:])
-            bucket = created if old == "/dev/null" else deleted if new == "/dev/null" else modified
-            bucket.append(old if new == "/dev/null" else new)
-            i += 2
-            continue
-        hunk = HUNK.match(line)
-        if hunk:
-            old_left, new_left = int(hunk["ol"] or 1), int(hunk["nl"] or 1)
-            i += 1
-            while i < len(lines) and (old_left > 0 or new_left > 0):
-                tag = lines[i][:1]
-                old_left -= tag in (" ", "-", "")
-                new_left -= tag in (" ", "+", "")
-                i += 1
-            continue
-        i += 1
-    return DiffSummary(tuple(created), tuple(deleted), tuple(modified))
-
-
-HUNK = re.compile(r"^@@ -\d+(?:,(?P<ol>\d+))? \+\d+(?:,(?P<nl>\d+))? @@")
-
-
-def _header_path(field: str) -> str:
-    path = field.split("\t", 1)[0].strip()
-    if path.startswith(("a/", "b/")):
-        path = path[2:]
-    return path
-
-
-def render_diff(console: Console, diff: str) -> None:
+def render_diff(console: Console, patch: "Patch") -> None:
     """Created/deleted/modified files listed, then the syntax-coloured unified diff."""
     from rich.syntax import Syntax
 
-    summary = summarize_diff(diff)
-    for label, paths, style in (("created", summary.created, "green"),
-                                ("deleted", summary.deleted, "red bold"),
-                                ("modified", summary.modified, "yellow")):
-        for path in paths:
-            console.print(Text.assemble((f"{label:>8} ", style), printable(path)))
-    console.print(Syntax(printable(diff), "diff", theme="ansi_dark", background_color="default",
+    for c in patch.changes:
+        label, style = {"create": ("created", "green"), "delete": ("deleted", "red bold"),
+                        "modify": ("modified", "yellow")}[c.kind]
+        console.print(Text.assemble((f"{label:>8} ", style), printable(c.path)))
+    console.print(Syntax(printable(patch.diff), "diff", theme="ansi_dark", background_color="default",
                          word_wrap=False))
-
-
-def print_data(text: str, console: Console | None = None, *, syntax: str | None = None) -> None:
-    """Write data to stdout: raw bytes when piped, coloured when stdout is a terminal."""
-    console = console or make_console(stderr=False)
-    if not console.is_terminal:
-        console.file.write(text if text.endswith("\n") or not text else text + "\n")
-        console.file.flush()
-        return
-    if syntax:
-        from rich.syntax import Syntax
-
-        console.print(Syntax(printable(text), syntax, theme="ansi_dark", background_color="default"))
-    else:
-        console.print(Text(printable(text)))
 
 
 # ---- context --------------------------------------------------------------------------------
 
-def render_context(console: Console, ctx) -> None:
+def render_context(console: Console, ctx: "Context") -> None:
     """What would be sent: one row per file with its tokens and reason, skips, the budget."""
     from rich.table import Table
 
@@ -324,7 +242,7 @@ def render_context(console: Console, ctx) -> None:
                   markup=False, highlight=False)
 
 
-def render_infill_context(console: Console, rows: Sequence[dict], gen_length: int, context: int) -> None:
+def render_infill_context(console: Console, rows: Sequence[dict[str, Any]], gen_length: int, context: int) -> None:
     """Infill mode: per region, the tokens of the file before and after its canvas of masks."""
     from rich.table import Table
 
@@ -342,54 +260,15 @@ def render_infill_context(console: Console, rows: Sequence[dict], gen_length: in
                   markup=False, highlight=False)
 
 
-# ---- confirmation ---------------------------------------------------------------------------
+# ---- dllm models -----------------------------------------------------------------------------
 
-ANSWERS = {"y": "yes", "yes": "yes", "n": "no", "no": "no", "e": "edit", "edit": "edit",
-           "s": "save", "save": "save"}
+def render_models(console: Console, rows: Sequence["ModelRow"]) -> None:
+    from rich.table import Table
 
-
-def ask_confirm(question: str = "Apply this patch?", *, input=None, output=None) -> str:
-    """'yes' | 'no' | 'edit' | 'save' from a prompt-toolkit prompt (on stderr).
-
-    End of input (Ctrl-D) counts as 'no'; Ctrl-C raises KeyboardInterrupt."""
-    session = _session(input, output)
-    while True:
-        try:
-            answer = session.prompt(f"{question} [y]es / [n]o / [e]dit / [s]ave: ")
-        except EOFError:
-            return "no"
-        choice = ANSWERS.get(answer.strip().lower())
-        if choice:
-            return choice
-
-
-def ask_text(question: str, default: str = "", *, input=None, output=None) -> str | None:
-    """A line of text (default pre-filled); None on end of input."""
-    try:
-        return _session(input, output).prompt(f"{question}: ", default=default).strip() or None
-    except EOFError:
-        return None
-
-
-def _session(input, output):
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.output import create_output
-
-    return PromptSession(input=input, output=output or create_output(stdout=sys.stderr))
-
-
-def edit_in_editor(text: str, suffix: str = ".diff") -> str:
-    """`text` after the user edits it in $VISUAL / $EDITOR (vi if neither is set)."""
-    command = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
-    with tempfile.TemporaryDirectory(prefix="dllm-edit-") as tmp:
-        path = Path(tmp) / f"patch{suffix}"
-        path.write_text(text, encoding="utf-8")
-        try:
-            done = subprocess.run([*shlex.split(command), str(path)])
-        except OSError as exc:
-            raise DllmError(f"could not start the editor {command!r} ({exc.strerror}); "
-                            "set $EDITOR to an editor command") from None
-        if done.returncode != 0:
-            raise DllmError(f"the editor {command!r} exited with status {done.returncode}; "
-                            "the patch was not applied")
-        return path.read_text(encoding="utf-8")
+    table = Table(box=None, pad_edge=False)
+    for column in ("", "name", "family", "params", "dtype", "context", "licence", "source", "path"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row("*" if r.chosen else "", printable(r.name), r.family, r.params_human, r.dtype,
+                      str(r.context or "-"), printable(r.licence), r.source, printable(r.path))
+    console.print(table)

@@ -1,11 +1,10 @@
-"""The checkpoint's tokenizer and chat template, read from its files; special ids resolved.
+"""The checkpoint's tokenizer: `Tokenizer.from_checkpoint(catalog.inspect(folder))`.
 
-Knows: `tokenizer.json`, or `vocab.json` + `merges.txt` (a Qwen2 byte-level BPE),
-`tokenizer_config.json` (special tokens, `added_tokens_decoder`, `chat_template`),
-`special_tokens_map.json` (special tokens tokenizer_config.json leaves out), `added_tokens.json`,
-`chat_template.jinja`; how to find the mask / eos / pad / bos ids.
-Templates render in a jinja2 ImmutableSandboxedEnvironment. Must not: import torch or
-transformers (startup time), or run any `auto_map` code a checkpoint names.
+Knows: `tokenizer.json`, or `vocab.json` + `merges.txt` (a Qwen2 byte-level BPE), the added
+tokens and special-token names catalog.py read from the small files, how to find the mask / eos /
+pad / bos ids (-> `events.SpecialTokens`), and how to render the chat template (in a jinja2
+ImmutableSandboxedEnvironment). Must not: import torch or transformers (startup time), read
+config files catalog.py already read, or run any `auto_map` code a checkpoint names.
 """
 
 from __future__ import annotations
@@ -13,43 +12,26 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from .catalog import SPECIAL_KEYS, read_json
 from .errors import TokenizerError
+from .events import SpecialTokens
+
+if TYPE_CHECKING:
+    from .catalog import Checkpoint
 
 # Qwen2's pre-tokenizer split pattern (Qwen2TokenizerFast / tokenization_qwen2.PRETOKENIZE_REGEX).
 QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 MASK_NAMES = ("<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
 # Tokens that end an answer when present (eos is always one).
 STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|dlm_pad|>")
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-LLADA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
-    " + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
+EXPAND_TOKEN, DELETE_TOKEN = "<|expand|>", "<|delete|>"  # DreamOn
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TokenizerError(f"{path}: cannot read it as JSON ({exc}); re-download the checkpoint") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object; re-download the checkpoint")
-    return data
-
-
-def _token_text(value) -> str | None:
+def _token_text(value: Any) -> str | None:
     """tokenizer_config.json writes special tokens as a string or as {"content": ...}."""
     if isinstance(value, dict):
         value = value.get("content")
@@ -59,49 +41,44 @@ def _token_text(value) -> str | None:
 class Tokenizer:
     """A byte-level BPE tokenizer plus chat template and special ids (see the contract)."""
 
-    def __init__(self, backend, *, tokenizer_config: dict, chat_template: str | None,
-                 model_config: dict | None = None, folder: Path | None = None, source: Path | None = None):
+    def __init__(self, backend: Any, *, tokenizer_config: Mapping[str, Any], chat_template: str | None,
+                 model_config: Mapping[str, Any] | None = None, folder: Path | None = None,
+                 source: Path | None = None):
         self._tok = backend  # tokenizers.Tokenizer
         self.config = tokenizer_config
         self.chat_template = chat_template
         self.folder = folder
-        self.source = source or folder or "tokenizer"  # the vocabulary file (for messages)
+        self.source: Path | str = source or folder or "tokenizer"  # the vocabulary file (for messages)
         cfg = model_config or {}
-        self.eos_token_id = self._resolve("eos_token", cfg.get("eos_token_id"))
+        eos = self._resolve("eos_token", cfg.get("eos_token_id"))
         self.bos_token_id = self._resolve("bos_token", cfg.get("bos_token_id"))
         self.pad_token_id = self._resolve("pad_token", cfg.get("pad_token_id"))
-        self.mask_token_id = self._resolve_mask(cfg.get("mask_token_id"))
+        self.mask_token_id: int = self._required(self._resolve_mask(cfg.get("mask_token_id")), "mask")
+        self.eos_token_id: int = self._required(eos, "eos")
         self._check_ids()
 
     # ---- loading ----------------------------------------------------------------------
 
     @classmethod
-    def from_dir(cls, folder, model_config: dict | None = None) -> "Tokenizer":
-        """Read the tokenizer files of a checkpoint folder (never runs auto_map code)."""
-        folder = Path(folder)
-        cfg_path = folder / "tokenizer_config.json"
-        tok_config = _read_json(cfg_path) if cfg_path.is_file() else {}
-        map_path = folder / "special_tokens_map.json"
-        if map_path.is_file():  # transformers merges it too; tokenizer_config.json wins
-            tok_config = {**{k: v for k, v in _read_json(map_path).items() if k in SPECIAL_KEYS}, **tok_config}
-        added = _added_tokens(folder, tok_config)
+    def from_checkpoint(cls, ckpt: "Checkpoint") -> "Tokenizer":
+        """The tokenizer of a checkpoint folder (never runs auto_map code)."""
+        folder = ckpt.folder
         if (folder / "tokenizer.json").is_file():
             source = folder / "tokenizer.json"
             backend = _load_tokenizer_json(source)
         elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             source = folder / "vocab.json"
-            backend = _load_vocab_merges(folder, added)
+            backend = _load_vocab_merges(folder, ckpt.added_tokens)
         else:
             raise TokenizerError(f"{folder}: no tokenizer.json nor vocab.json + merges.txt; "
                                  "copy the tokenizer files of the checkpoint into this folder")
-        _register_added(backend, added, folder)
-        template = _chat_template(folder, tok_config)
-        return cls(backend, tokenizer_config=tok_config, chat_template=template,
-                   model_config=model_config, folder=folder, source=source)
+        _register_added(backend, ckpt.added_tokens, folder)
+        return cls(backend, tokenizer_config=ckpt.tokenizer_config, chat_template=ckpt.chat_template,
+                   model_config=ckpt.config, folder=folder, source=source)
 
     # ---- ids --------------------------------------------------------------------------
 
-    def _resolve(self, key: str, fallback_id) -> int | None:
+    def _resolve(self, key: str, fallback_id: Any) -> int | None:
         text = _token_text(self.config.get(key))
         if text is not None:
             tid = self._tok.token_to_id(text)
@@ -111,7 +88,7 @@ class Tokenizer:
             return tid
         return int(fallback_id) if isinstance(fallback_id, int) else None
 
-    def _resolve_mask(self, config_id) -> int | None:
+    def _resolve_mask(self, config_id: Any) -> int | None:
         if isinstance(config_id, int):
             return config_id
         text = _token_text(self.config.get("mask_token"))
@@ -121,13 +98,16 @@ class Tokenizer:
                 return tid
         return None
 
+    def _required(self, tid: int | None, what: str) -> int:
+        if tid is not None:
+            return tid
+        if what == "mask":
+            raise TokenizerError(f"{self._where()}: no mask token (mask_token_id in config.json, mask_token in "
+                                 "tokenizer_config.json, or a <|mask|> token); is this a diffusion checkpoint?")
+        raise TokenizerError(f"{self._where()}: no eos token; set eos_token in tokenizer_config.json")
+
     def _check_ids(self) -> None:
         where = self._where()
-        if self.mask_token_id is None:
-            raise TokenizerError(f"{where}: no mask token (mask_token_id in config.json, mask_token in "
-                                 "tokenizer_config.json, or a <|mask|> token); is this a diffusion checkpoint?")
-        if self.eos_token_id is None:
-            raise TokenizerError(f"{where}: no eos token; set eos_token in tokenizer_config.json")
         if self.pad_token_id is None:
             self.pad_token_id = self.eos_token_id
         if self.pad_token_id == self.mask_token_id:
@@ -164,26 +144,35 @@ class Tokenizer:
         ids.update(t for t in map(self._tok.token_to_id, STOP_NAMES) if t is not None)
         return frozenset(ids)
 
+    def special_tokens(self) -> SpecialTokens:
+        """The ids samplers need. DreamOn's delete token: `<|delete|>` when the vocabulary has one,
+        else eos (DreamOn's generation config names it; it could not be read offline)."""
+        expand = self.token_to_id(EXPAND_TOKEN)
+        delete = self.token_to_id(DELETE_TOKEN)
+        return SpecialTokens(mask=self.mask_token_id, eos=self.eos_token_id, pad=self.pad_token_id,
+                             bos=self.bos_token_id, stops=self.stop_token_ids, expand=expand,
+                             delete=self.eos_token_id if delete is None else delete)
+
     # ---- text -------------------------------------------------------------------------
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens written in it are recognised, none added."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids, skip_special: bool = False) -> str:
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special)
 
     def token_text(self, tid: int) -> str:
         """What one token prints as (decoded bytes, special tokens as their text)."""
         return self._tok.decode([tid], skip_special_tokens=False)
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: Sequence[Any], add_generation_prompt: bool = True) -> str:
         """Render the checkpoint's chat template (sandboxed) for `messages` [{role, content}]."""
         if not self.chat_template:
             raise TokenizerError(f"{self._where()}: the checkpoint has no chat template; "
                                  "add chat_template.jinja or use a raw prompt")
-        msgs = [m.as_dict() if hasattr(m, "as_dict") else dict(m) for m in messages]
         special = {k: _token_text(self.config.get(k)) or "" for k in SPECIAL_KEYS}
+        msgs = [m.as_dict() if hasattr(m, "as_dict") else dict(m) for m in messages]
         try:
             return _compile(self.chat_template).render(
                 messages=msgs, add_generation_prompt=add_generation_prompt, **special)
@@ -193,24 +182,7 @@ class Tokenizer:
 
 # ---- helpers ------------------------------------------------------------------------------
 
-def _added_tokens(folder: Path, tok_config: dict) -> dict[int, tuple[str, bool]]:
-    """{id: (content, special)} from added_tokens.json and tokenizer_config.json."""
-    added: dict[int, tuple[str, bool]] = {}
-    path = folder / "added_tokens.json"
-    try:
-        if path.is_file():
-            for content, tid in _read_json(path).items():
-                added[int(tid)] = (content, True)
-        path = folder / "tokenizer_config.json"
-        for tid, entry in (tok_config.get("added_tokens_decoder") or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("content"), str):
-                added[int(tid)] = (entry["content"], bool(entry.get("special", True)))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise TokenizerError(f"{path}: an added token id is not an integer ({exc}); re-download it") from None
-    return added
-
-
-def _load_tokenizer_json(path: Path):
+def _load_tokenizer_json(path: Path) -> Any:
     from tokenizers import Tokenizer as Backend
 
     try:
@@ -219,12 +191,12 @@ def _load_tokenizer_json(path: Path):
         raise TokenizerError(f"{path}: not a valid tokenizer file ({exc}); re-download it") from None
 
 
-def _load_vocab_merges(folder: Path, added: dict[int, tuple[str, bool]]):
+def _load_vocab_merges(folder: Path, added: Mapping[int, tuple[str, bool]]) -> Any:
     """A Qwen2 byte-level BPE from vocab.json + merges.txt (as Qwen2TokenizerFast builds it)."""
     from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
     from tokenizers import Tokenizer as Backend
 
-    vocab = {k: int(v) for k, v in _read_json(folder / "vocab.json").items()}
+    vocab = {k: int(v) for k, v in read_json(folder / "vocab.json", TokenizerError).items()}
     for tid, (content, _) in added.items():  # added tokens keep their file ids
         vocab.setdefault(content, tid)
     lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
@@ -249,7 +221,7 @@ def _load_vocab_merges(folder: Path, added: dict[int, tuple[str, bool]]):
     return backend
 
 
-def _register_added(backend, added: dict[int, tuple[str, bool]], folder: Path) -> None:
+def _register_added(backend: Any, added: Mapping[int, tuple[str, bool]], folder: Path) -> None:
     """Make every added token atomic at its declared id (tokenizer_config wins)."""
     from tokenizers import AddedToken
 
@@ -265,26 +237,14 @@ def _register_added(backend, added: dict[int, tuple[str, bool]], folder: Path) -
                                  "vocabulary has a gap before it; re-download the tokenizer files")
 
 
-def _chat_template(folder: Path, tok_config: dict) -> str | None:
-    """chat_template.jinja, else tokenizer_config's chat_template (a string or a named list)."""
-    path = folder / "chat_template.jinja"
-    if path.is_file():
-        return path.read_text(encoding="utf-8")
-    value = tok_config.get("chat_template")
-    if isinstance(value, list):  # [{"name": "default", "template": ...}, ...]
-        named = {e.get("name"): e.get("template") for e in value if isinstance(e, dict)}
-        value = named.get("default") or next(iter(named.values()), None)
-    return value if isinstance(value, str) else None
+_COMPILED: dict[str, Any] = {}
 
 
-_COMPILED: dict[str, object] = {}
-
-
-def _compile(template: str):
+def _compile(template: str) -> Any:
     if template not in _COMPILED:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message):
+        def raise_exception(message: str) -> None:
             raise ValueError(message)
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)

@@ -2,7 +2,7 @@
 
 `llada_generate` follows LLaDA's `generate` (ML-GSAI/LLaDA generate.py) and `dream_generate`
 follows Dream's `diffusion_generate` `_sample` loop (DreamLM/Dream generation_utils.py), written
-from their descriptions in /work/shared/design/samplers.md: full canvas every step, no cache, the
+from their published code's behaviour (described in docs/sampling.md): full canvas every step, no cache, the
 final tensor returned. Deliberately literal and slow; differences from the originals:
 - `model.logits` is already aligned, so Dream's `cat(logits[:, :1], logits[:, :-1])` is inside
   the model, not here;
@@ -10,7 +10,7 @@ final tensor returned. Deliberately literal and slow; differences from the origi
 - eos/eot ids are parameters instead of LLaDA's hard-coded 126081 / 126348.
 
 `MockModel` is a tiny bidirectional transformer with random weights that implements the model
-contract of docs/architecture.md, the KV cache included (`new_cache`, `window=(s, e)`), aligned
+contract (`engine.model.Denoiser`, docs/architecture.md), the KV cache included (`new_cache`, `window=(s, e)`), aligned
 or Dream-style shifted, so the sampler can be tested without a checkpoint.
 """
 
@@ -21,6 +21,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from dllm_cli.events import SpecialTokens
 
 
 # ---- LLaDA generate ------------------------------------------------------------------------
@@ -307,7 +309,8 @@ class MockModel:
     """
 
     def __init__(self, vocab=64, dim=32, layers=2, max_len=512, shifted=False, seed=0,
-                 eos_bias=0.0, eos_from=0, scale=3.0, token_bias=None):
+                 eos_bias=0.0, eos_from=0, scale=3.0, token_bias=None, expand_token_id=None,
+                 delete_token_id=None):
         g = torch.Generator().manual_seed(seed)
         r = lambda *shape: torch.randn(*shape, generator=g) / math.sqrt(shape[0])  # noqa: E731
         self.emb, self.pos = torch.randn(vocab, dim, generator=g), torch.randn(max_len, dim, generator=g)
@@ -317,6 +320,10 @@ class MockModel:
         self.vocab, self.shifted = vocab, shifted
         self.mask_token_id, self.eos_token_id, self.eot_token_id = vocab - 1, vocab - 2, vocab - 3
         self.stop_token_ids = frozenset({self.eos_token_id, self.eot_token_id})
+        self.expand_token_id = expand_token_id
+        self.tokens = SpecialTokens(mask=self.mask_token_id, eos=self.eos_token_id, stops=self.stop_token_ids,
+                                    expand=expand_token_id, delete=delete_token_id)
+        self.tokenizer = self.checkpoint = None  # the handle's other fields (engine.model.Model)
         self.eos_bias, self.eos_from = eos_bias, eos_from
         self.token_bias = dict(token_bias or {})  # token id -> logit bias at every position
         self.device, self.dtype = torch.device("cpu"), torch.float32

@@ -48,8 +48,8 @@ def test_logits_tokens_and_steps(dream_ckpt):
     cfg = dllm_cli.SamplerConfig(gen_length=16, steps=16, block_length=8, threshold=None, seed=0)
     steps = list(dllm_cli.denoise(model, ids, cfg))
     assert all(isinstance(s.tokens, list) and len(s.tokens) == 16 for s in steps)
-    assert steps[0].tokens.count(model.mask_token_id) == 16 - len(steps[0].revealed)
-    assert model.mask_token_id not in steps[-1].tokens and steps[-1].done
+    assert steps[0].tokens.count(model.tokens.mask) == 16 - len(steps[0].revealed)
+    assert model.tokens.mask not in steps[-1].tokens and steps[-1].done
 
 
 def test_import_does_not_import_torch():

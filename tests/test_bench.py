@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from dllm_cli import checkpoint
-from dllm_cli.bench import (_agreement, bench_configs, bench_model, format_report, measure_bandwidth,
-                            run_bench)
+from dllm_cli.bench import _agreement, bench_configs, bench_model, format_report, run_bench
+from dllm_cli.engine import loader
+from dllm_cli.engine.device import measure_bandwidth
 from dllm_cli.errors import UsageError
 from oracles import MockModel
 
@@ -76,14 +76,14 @@ def test_run_bench_on_a_tiny_checkpoint(llada_ckpt):
     report = run_bench(str(llada_ckpt), device="cpu", dtype="float32", gen_length=16)
     assert report.prompts == 4 and report.prompt_tokens > 10 and report.load_s > 0
     assert report.row("reference").forwards == 4 * 16
-    assert str(llada_ckpt) in format_report(report)
+    assert f"dllm bench: {llada_ckpt.name} (" in format_report(report)
 
 
 def test_run_bench_shape_uses_random_weights(monkeypatch):
-    tiny = dict(checkpoint.PUBLISHED_SHAPES["open-dcoder-0.5b"], hidden_size=32, num_hidden_layers=1,
+    tiny = dict(loader.PUBLISHED_SHAPES["open-dcoder-0.5b"], hidden_size=32, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, vocab_size=512,
                 mask_token_id=500, eos_token_id=501, pad_token_id=501)
-    monkeypatch.setitem(checkpoint.PUBLISHED_SHAPES, "tiny-test", tiny)
+    monkeypatch.setitem(loader.PUBLISHED_SHAPES, "tiny-test", tiny)
     report = run_bench(None, shape="tiny-test", device="cpu", dtype="float32", gen_length=32, ks=(4,))
     assert report.shape == "tiny-test" and report.prompt_tokens == 64
     assert report.row("k=4").forwards == 4 * 8 and report.row("k=4").tokens_per_forward == 4.0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 
 import pytest
 
 from dllm_cli.context import (MAX_FILE_BYTES, Context, ContextFile, Skipped, gather, is_secret, mentions,
-                              prompt_words, rank, read_stdin)
+                              prompt_words, rank)
 from dllm_cli.errors import UsageError
 
 
@@ -169,28 +168,6 @@ def test_stdin_is_budgeted_and_kept(repo):
     assert ctx.stdin_text == "E assert 1 == 2\n" and ctx.stdin_tokens > 0
     with pytest.raises(UsageError, match="piped input is"):
         gather("x", count_tokens=words, budget=3, stdin_text="many words " * 10, cwd=repo)
-
-
-class FakeStream(io.BytesIO):
-    def __init__(self, data: bytes, tty: bool) -> None:
-        super().__init__(data)
-        self.tty = tty
-
-    def isatty(self) -> bool:
-        return self.tty
-
-    def read(self, *args):
-        assert not self.tty, "a terminal must never be read"
-        return super().read(*args)
-
-
-def test_read_stdin_only_when_piped_and_capped():
-    assert read_stdin(FakeStream(b"typed", tty=True)) == (None, None)
-    assert read_stdin(FakeStream(b"log line\n", tty=False)) == ("log line\n", None)
-    assert read_stdin(FakeStream(b"  \n", tty=False)) == (None, None)
-    text, note = read_stdin(FakeStream(b"x" * 100, tty=False), cap=10)
-    assert text == "x" * 10 and "cut" in note
-    assert read_stdin(None) == (None, None)
 
 
 def test_mentions_and_words():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dllm_cli.checkpoint import load_model
+from dllm_cli.engine.loader import load_model
 from dllm_cli.catalog import DEFAULT_MODEL_NAME, default_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,11 +33,12 @@ def test_the_folder_is_complete_and_small(monkeypatch):
     total = sum(p.stat().st_size for p in FOLDER.rglob("*") if p.is_file())
     assert total <= 64 * 2**20, f"{total / 2**20:.1f} MiB: the issue allows 64 MB"
     assert not list(FOLDER.glob("*.bin")) and not list(FOLDER.glob("*.py"))  # no pickle, no code
-    from dllm_cli.catalog import describe_model
-    row = describe_model("default", FOLDER, "default")
+    from dllm_cli.catalog import Candidate, describe
+    row = describe(Candidate("default", FOLDER, default=True), FOLDER)
     config = json.loads((FOLDER / "config.json").read_text())
-    assert (row["family"], row["licence"], row["context"]) == ("dllm", "apache-2.0", config["max_position_embeddings"])
-    assert row["params"] == load_model("default").spec.n_params  # from the safetensors headers alone
+    assert (row.family, row.licence, row.context, row.chosen) == ("dllm", "apache-2.0",
+                                                                  config["max_position_embeddings"], True)
+    assert row.params == load_model("default").spec.n_params  # from the safetensors headers alone
 
 
 def test_it_loads_through_the_engine_like_any_checkpoint(monkeypatch):
@@ -45,8 +46,8 @@ def test_it_loads_through_the_engine_like_any_checkpoint(monkeypatch):
     model = load_model("default", device="cpu", dtype=torch.float32)
     assert model.spec.layout == "dream" and model.spec.shifted and model.spec.family == "dllm"
     tok = model.tokenizer
-    assert (model.mask_token_id, model.eos_token_id) == (tok.token_to_id("<|mask|>"), tok.token_to_id("<|endoftext|>"))
-    assert tok.pad_token_id != model.mask_token_id
+    assert (model.tokens.mask, model.tokens.eos) == (tok.token_to_id("<|mask|>"), tok.token_to_id("<|endoftext|>"))
+    assert tok.pad_token_id != model.tokens.mask
     text = "def mean(values):\n    return sum(values) / len(values)\n"
     assert tok.decode(tok.encode(text)) == text
     chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)

@@ -4,12 +4,14 @@ length limits, seeds and errors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from dllm_cli.checkpoint import load_model
+from dllm_cli.engine.loader import load_model
 from dllm_cli.config import SamplerConfig
-from dllm_cli.dreamon import delete_token_id, denoise_dreamon, expand_token_id
+from dllm_cli.engine.dreamon import denoise_dreamon
 from dllm_cli.errors import UsageError
 from oracles import MockModel, dreamon_generate
 
@@ -23,21 +25,21 @@ def cfg(**kw) -> SamplerConfig:
 
 
 def ours(model, c, prefix=PREFIX, suffix=SUFFIX, **kw):
-    return list(denoise_dreamon(model, prefix, suffix + [model.eos_token_id], c, expand_id=EXPAND, **kw))
+    return list(denoise_dreamon(model, prefix, suffix + [model.tokens.eos], c, **kw))
 
 
 def oracle(model, c, prefix=PREFIX, suffix=SUFFIX, initial=4, padded=False, **kw):
-    ids = torch.tensor([prefix + [model.mask_token_id] * initial + suffix + [model.eos_token_id]])
+    ids = torch.tensor([prefix + [model.tokens.mask] * initial + suffix + [model.tokens.eos]])
     return dreamon_generate(model, ids, c.gen_length, alg=c.alg, temperature=c.temperature, top_p=c.top_p,
-                            top_k=c.top_k, alg_temp=c.alg_temp, mask_token_id=model.mask_token_id,
-                            expand_token_id=EXPAND, delete_token_id=model.eos_token_id,
-                            eos_token_id=model.eos_token_id, padded=padded, **kw)
+                            top_k=c.top_k, alg_temp=c.alg_temp, mask_token_id=model.tokens.mask,
+                            expand_token_id=EXPAND, delete_token_id=model.tokens.eos,
+                            eos_token_id=model.tokens.eos, padded=padded, **kw)
 
 
 MODELS = {
-    "grows": MockModel(seed=5, token_bias={EXPAND: 5.0}),
-    "shrinks": MockModel(seed=6, shifted=True, eos_bias=8.0),
-    "both": MockModel(seed=9, token_bias={EXPAND: 5.0}, eos_bias=5.0),
+    "grows": MockModel(seed=5, token_bias={EXPAND: 5.0}, expand_token_id=EXPAND),
+    "shrinks": MockModel(seed=6, shifted=True, eos_bias=8.0, expand_token_id=EXPAND),
+    "both": MockModel(seed=9, token_bias={EXPAND: 5.0}, eos_bias=5.0, expand_token_id=EXPAND),
 }
 
 
@@ -55,22 +57,23 @@ def test_matches_the_official_loop(name, alg):
         assert max(lengths) > 4  # the middle grew
     if name in ("shrinks", "both"):
         assert any(b < a for a, b in zip(lengths, lengths[1:]))  # and shrank
-    assert max(lengths) <= c.gen_length and model.mask_token_id not in events[-1].tokens
+    assert max(lengths) <= c.gen_length and model.tokens.mask not in events[-1].tokens
 
 
 def test_the_window_alone_equals_the_padded_official_canvas(dream_ckpt):
     """The official loop pads to max_length and masks the padding out of attention; dllm runs the
     live canvas alone. On a real Dream-layout checkpoint both give the same tokens."""
     model = load_model(str(dream_ckpt))
+    model.tokens = replace(model.tokens, expand=EXPAND, delete=model.tokens.eos)  # a stand-in <|expand|>
     prefix = model.tokenizer.encode("def mean(xs):\n")
     suffix = model.tokenizer.encode("\n\ndef median(xs):\n    pass\n")
     c = cfg(gen_length=12, alg="maskgit_plus")
-    got = list(denoise_dreamon(model, prefix, suffix + [model.eos_token_id], c, expand_id=EXPAND))
+    got = list(denoise_dreamon(model, prefix, suffix + [model.tokens.eos], c))
     assert got[-1].tokens == oracle(model, c, prefix, suffix, padded=True)
 
 
 def test_budget_and_max_length_stop_the_growth():
-    model = MockModel(seed=5, token_bias={EXPAND: 6.0})  # wants to expand everywhere
+    model = MockModel(seed=5, token_bias={EXPAND: 6.0}, expand_token_id=EXPAND)  # wants to expand everywhere
     c = cfg(gen_length=10)
     events = ours(model, c)
     assert max(len(e.tokens) for e in events) == 10  # max_length: expansion blocked there
@@ -93,15 +96,17 @@ def test_errors_and_the_expand_token():
     with pytest.raises(UsageError, match="initial masks"):
         ours(model, cfg(gen_length=3))
     with pytest.raises(UsageError, match="mask token"):
-        ours(model, cfg(), prefix=[model.mask_token_id])
-    assert expand_token_id(model) is None and delete_token_id(model) == model.eos_token_id  # no tokenizer
+        ours(model, cfg(), prefix=[model.tokens.mask])
+    with pytest.raises(UsageError, match="needs an <|expand|> token"):
+        ours(MockModel(seed=5), cfg())
 
 
 def test_expand_and_delete_tokens_come_from_the_tokenizer(tmp_path):
     from tiny import make_dream_checkpoint
     plain = load_model(str(make_dream_checkpoint(tmp_path / "a")))
-    assert expand_token_id(plain) is None
+    assert plain.tokens.expand is None and plain.tokens.delete == plain.tokens.eos
     on = load_model(str(make_dream_checkpoint(tmp_path / "b", extra_tokens=("<|expand|>", "<|delete|>"))))
     tok = on.tokenizer
-    assert expand_token_id(on) == tok.token_to_id("<|expand|>") is not None
-    assert delete_token_id(on) == tok.token_to_id("<|delete|>") != on.eos_token_id
+    assert on.tokens.expand == tok.token_to_id("<|expand|>") is not None
+    assert on.tokens.delete == tok.token_to_id("<|delete|>") != on.tokens.eos
+    assert on.checkpoint.family == "dreamon"

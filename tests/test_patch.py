@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dllm_cli import match as M
+from dllm_cli import journal as J
 from dllm_cli import patch as P
 from dllm_cli.edits import Edit, parse_edits, parse_unified_diff
 from dllm_cli.errors import DllmError, PatchError
@@ -100,8 +101,8 @@ def test_several_edits_on_one_file_apply_in_order_and_diff_is_git_applicable(rep
     assert patch.changes[0].new == b"1\n2\nthree\n"
     assert "new file mode 100644" in patch.diff and "deleted file mode 100644" in patch.diff
     assert "\\ No newline at end of file" in patch.diff
-    saved = P.save_patch(patch, repo / ".git" / "dllm")
-    assert saved == P.save_patch(patch, repo / ".git" / "dllm")  # saved once
+    saved = J.save_patch(patch, repo / ".git" / "dllm")
+    assert saved == J.save_patch(patch, repo / ".git" / "dllm")  # saved once
     subprocess.run(["git", "apply", "--check", str(saved)], cwd=repo, check=True)
     assert (repo / "a.py").read_text() == "one\ntwo\nthree\n"  # building wrote nothing
     assert not (repo / "pkg").exists()
@@ -190,7 +191,7 @@ def test_failure_during_renames_rolls_everything_back(repo, monkeypatch):
 
     monkeypatch.setattr(os, "replace", flaky)
     with pytest.raises(PatchError, match="nothing was changed"):
-        P.apply_patch(repo, patch, state_dir=tmp_state(repo))
+        J.apply_patch(repo, patch, state_dir=tmp_state(repo))
     assert a.read_bytes() == b"a\n" and b.read_bytes() == b"b\n"
     assert not (repo / "new").exists()
     assert not [p for p in repo.iterdir() if p.name.startswith(".dllm-")]
@@ -213,15 +214,15 @@ def test_ctrl_c_while_writing_rolls_the_apply_back_and_lets_an_undo_finish(repo,
     monkeypatch.setattr(os, "replace", interrupted_after_the_first)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        P.apply_patch(repo, patch, state_dir=tmp_state(repo))
+        J.apply_patch(repo, patch, state_dir=tmp_state(repo))
     assert a.read_bytes() == b"a\n" and b.read_bytes() == b"b\n" and not (repo / "new").exists()
     assert not list((tmp_state(repo) / "journal").glob("*.json"))  # nothing to undo: nothing applied
     assert signal.getsignal(signal.SIGINT) is handler
     monkeypatch.setattr(os, "replace", real_replace)
-    P.apply_patch(repo, patch, state_dir=tmp_state(repo))  # without Ctrl-C: applied
+    J.apply_patch(repo, patch, state_dir=tmp_state(repo))  # without Ctrl-C: applied
     assert a.read_bytes() == b"A\n" and (repo / "new/c.py").read_bytes() == b"C\n"
     monkeypatch.setattr(os, "replace", interrupted_after_the_first)
-    P.undo(repo, state_dir=tmp_state(repo))  # an undo that has started writing finishes
+    J.undo(repo, state_dir=tmp_state(repo))  # an undo that has started writing finishes
     assert (a.read_bytes(), b.read_bytes(), (repo / "new").exists()) == (b"a\n", b"b\n", False)
 
 
@@ -233,7 +234,7 @@ def test_modes_and_crlf_kept_and_file_changed_since_is_refused(repo):
     script = write(repo, "run.sh", b"#!/bin/sh\r\necho hi\r\n")
     script.chmod(0o755)
     patch = P.build_patch(repo, [sr("run.sh", "echo hi\n", "echo bye\n")])
-    applied = P.apply_patch(repo, patch, state_dir=tmp_state(repo))
+    applied = J.apply_patch(repo, patch, state_dir=tmp_state(repo))
     assert script.read_bytes() == b"#!/bin/sh\r\necho bye\r\n"
     assert os.stat(script).st_mode & 0o777 == 0o755
     assert applied.files == ("run.sh",) and applied.patch_file.read_bytes().decode() == patch.diff
@@ -241,7 +242,7 @@ def test_modes_and_crlf_kept_and_file_changed_since_is_refused(repo):
     stale = P.build_patch(repo, [sr("run.sh", "echo bye\n", "echo 1\n")])
     script.write_bytes(b"edited by hand\n")
     with pytest.raises(PatchError, match="run.sh changed since"):
-        P.apply_patch(repo, stale, state_dir=tmp_state(repo))
+        J.apply_patch(repo, stale, state_dir=tmp_state(repo))
     assert script.read_bytes() == b"edited by hand\n"
 
 
@@ -252,32 +253,32 @@ def test_undo_is_byte_exact_for_modified_created_and_deleted_files_and_stacks(re
     mod = write(repo, "m.txt", b"x\r\ny")
     gone = write(repo, "gone.sh", b"#!/bin/sh\n")
     gone.chmod(0o750)
-    first = P.apply_patch(repo, P.build_patch(repo, [sr("m.txt", "y\n", "z\n"), whole("d/e/new.py", "n\n"),
+    first = J.apply_patch(repo, P.build_patch(repo, [sr("m.txt", "y\n", "z\n"), whole("d/e/new.py", "n\n"),
                                                      Edit("gone.sh", None, "", "delete_file", 1)]), state_dir=state)
     assert mod.read_bytes() == b"x\r\nz" and not gone.exists()
-    second = P.apply_patch(repo, P.build_patch(repo, [sr("m.txt", "z\n", "w\n")]), state_dir=state)
+    second = J.apply_patch(repo, P.build_patch(repo, [sr("m.txt", "z\n", "w\n")]), state_dir=state)
     assert mod.read_bytes() == b"x\r\nw"
-    assert P.undo(repo, state_dir=state).id == second.id
+    assert J.undo(repo, state_dir=state).id == second.id
     assert mod.read_bytes() == b"x\r\nz"
-    assert P.undo(repo, state_dir=state).id == first.id
+    assert J.undo(repo, state_dir=state).id == first.id
     assert mod.read_bytes() == b"x\r\ny" and gone.read_bytes() == b"#!/bin/sh\n"
     assert os.stat(gone).st_mode & 0o777 == 0o750
     assert not (repo / "d").exists()
     with pytest.raises(PatchError, match="nothing to undo"):
-        P.undo(repo, state_dir=state)
+        J.undo(repo, state_dir=state)
 
 
 def test_undo_refuses_when_a_file_changed_since(repo):
     state = tmp_state(repo)
     f = write(repo, "a.txt", "1\n")
-    P.apply_patch(repo, P.build_patch(repo, [whole("a.txt", "2\n"), whole("b.txt", "new\n")]), state_dir=state)
+    J.apply_patch(repo, P.build_patch(repo, [whole("a.txt", "2\n"), whole("b.txt", "new\n")]), state_dir=state)
     (repo / "b.txt").write_text("touched\n")
     with pytest.raises(PatchError, match="cannot undo: b.txt changed since") as info:
-        P.undo(repo, state_dir=state)
+        J.undo(repo, state_dir=state)
     assert info.value.exit_code == 3
     assert f.read_text() == "2\n"  # nothing restored
     (repo / "b.txt").write_text("new\n")
-    P.undo(repo, state_dir=state)
+    J.undo(repo, state_dir=state)
     assert f.read_text() == "1\n" and not (repo / "b.txt").exists()
 
 
@@ -286,13 +287,13 @@ def test_undo_refuses_when_a_file_changed_since(repo):
 def test_state_dir_for_repo_worktree_and_env(repo, tmp_path, monkeypatch):
     monkeypatch.delenv("DLLM_STATE_DIR", raising=False)
     (repo / "sub").mkdir()
-    assert P.state_dir_for(repo / "sub") == Path(os.path.realpath(repo)) / ".git" / "dllm"
+    assert J.state_dir_for(repo / "sub") == Path(os.path.realpath(repo)) / ".git" / "dllm"
     wt = tmp_path / "wt"
     wt.mkdir()
     (wt / ".git").write_text(f"gitdir: {repo}/.git/worktrees/wt\n")
-    assert P.state_dir_for(wt) == Path(os.path.realpath(repo)) / ".git" / "worktrees" / "wt" / "dllm"
+    assert J.state_dir_for(wt) == Path(os.path.realpath(repo)) / ".git" / "worktrees" / "wt" / "dllm"
     monkeypatch.setenv("DLLM_STATE_DIR", str(tmp_path / "st"))
-    assert P.state_dir_for(repo) == tmp_path / "st"
+    assert J.state_dir_for(repo) == tmp_path / "st"
 
 
 def test_commit_patch_commits_exactly_the_changed_files(repo):
@@ -302,9 +303,9 @@ def test_commit_patch_commits_exactly_the_changed_files(repo):
     subprocess.run(["git", "commit", "-qm", "init"], cwd=repo, check=True)
     write(repo, "other.py", "staged\n")
     subprocess.run(["git", "add", "other.py"], cwd=repo, check=True)
-    applied = P.apply_patch(repo, P.build_patch(repo, [whole("a.py", "A\n"), whole("n.py", "n\n")]),
+    applied = J.apply_patch(repo, P.build_patch(repo, [whole("a.py", "A\n"), whole("n.py", "n\n")]),
                             state_dir=tmp_state(repo))
-    sha = P.commit_patch(repo, applied, "Change a", "tiny-dream")
+    sha = J.commit_patch(repo, applied, "Change a", "tiny-dream")
     show = subprocess.run(["git", "show", "--name-only", "--format=%B", sha], cwd=repo, check=True,
                           capture_output=True, text=True).stdout
     assert "Change a" in show and "Generated-by: dllm (tiny-dream)" in show
@@ -316,10 +317,10 @@ def test_commit_patch_commits_exactly_the_changed_files(repo):
 
 def test_commit_outside_a_repo_is_a_clear_error(tmp_path):
     write(tmp_path, "x.txt", "1\n")
-    applied = P.apply_patch(tmp_path, P.build_patch(tmp_path, [whole("x.txt", "2\n")]),
+    applied = J.apply_patch(tmp_path, P.build_patch(tmp_path, [whole("x.txt", "2\n")]),
                             state_dir=tmp_path / "state")
     with pytest.raises(DllmError, match="needs a git repository"):
-        P.commit_patch(tmp_path, applied, "m", "x")
+        J.commit_patch(tmp_path, applied, "m", "x")
 
 
 def test_model_answer_to_applied_patch_end_to_end(repo):
@@ -327,7 +328,7 @@ def test_model_answer_to_applied_patch_end_to_end(repo):
     answer = ("app.py\n```python\n<<<<<<< SEARCH\ndef greet():\n    print(\"hello\")\n=======\n"
               "def greet(name):\n    print(f\"hello {name}\")\n>>>>>>> REPLACE\n```\n")
     patch = P.build_patch(repo, parse_edits(answer))
-    P.apply_patch(repo, patch, state_dir=tmp_state(repo))
+    J.apply_patch(repo, patch, state_dir=tmp_state(repo))
     assert (repo / "app.py").read_text() == 'def greet(name):\n    print(f"hello {name}")\n'
 
 
@@ -344,7 +345,7 @@ def test_our_diff_round_trips_through_parse_unified_diff_and_git(repo, old, new)
     change = P.FileChange("f.txt", old.encode(), new.encode(), 0o644)
     patch = P.Patch((change,), P.unified_diff([change]))
     expected = new.encode()
-    saved = P.save_patch(patch, tmp_state(repo))
+    saved = J.save_patch(patch, tmp_state(repo))
     subprocess.run(["git", "apply", "--check", str(saved)], cwd=repo, check=True)
     again = P.build_patch(repo, parse_unified_diff(patch.diff))
     assert again.changes[0].new == expected

@@ -1,4 +1,4 @@
-"""render.py on string consoles: live canvas, progress line, diff view, confirm prompt."""
+"""render.py on string consoles: live canvas, progress line, diff view (from a Patch), tables."""
 
 from __future__ import annotations
 
@@ -10,17 +10,27 @@ from dataclasses import dataclass
 import pytest
 from rich.console import Console
 
-from dllm_cli.render import (MASK_GLYPH, STYLE_LOW, STYLE_NEW, DenoiseView, TokenTexts, ask_confirm,
-                             ask_text, canvas_text, print_data, printable, render_context, render_diff,
-                             summarize_diff)
+from dllm_cli.events import Generation, SpecialTokens
+from dllm_cli.patch import FileChange, Patch, unified_diff
+from dllm_cli.render import (MASK_GLYPH, STYLE_LOW, STYLE_NEW, DenoiseView, TokenTexts, canvas_text, printable,
+                             render_context, render_diff)
 
 ANSI = re.compile(r"\x1b\[")
 MASK, EOS = 0, 1
+TOKENS = SpecialTokens(mask=MASK, eos=EOS)
 VOCAB = {2: "def", 3: " f", 4: "():", 5: "\n", 6: "    ", 7: "return", 8: " 1", 9: "\x1b[31m"}
 
 
 def decode(ids):
     return "".join(VOCAB[i] if i in VOCAB else "<|endoftext|>" for i in ids)
+
+
+def token_text(i):
+    return decode([i])
+
+
+def gen(text, tokens=8):
+    return Generation(text, tokens, 8, 8, 0.5)
 
 
 @dataclass
@@ -52,14 +62,14 @@ def console(width=40, height=10, terminal=True) -> Console:
 
 def test_token_texts_cache_and_hidden():
     calls = []
-    texts = TokenTexts(lambda ids: calls.append(ids) or decode(ids), hidden=[EOS])
+    texts = TokenTexts(lambda i: calls.append(i) or token_text(i), hidden=[EOS])
     assert texts(2) == "def" and texts(2) == "def" and texts(EOS) == ""
-    assert calls == [[2]]  # one decode per id, none for hidden ids
+    assert calls == [2]  # one decode per id, none for hidden ids
     assert texts(9) == "␛[31m"  # control characters shown, never obeyed
 
 
 def test_canvas_marks_masks_new_and_low_confidence_tokens():
-    texts = TokenTexts(decode, hidden=[EOS])
+    texts = TokenTexts(token_text, hidden=[EOS])
     text = canvas_text([2, 3, MASK, 4, EOS], texts, MASK, revealed=[3], confidence={1: 0.2})
     assert text.plain == f"def f{MASK_GLYPH}():"
     styles = {text.plain[s.start:s.end]: str(s.style) for s in text.spans}
@@ -69,22 +79,21 @@ def test_canvas_marks_masks_new_and_low_confidence_tokens():
 def test_live_frames_never_taller_than_the_terminal():
     final = [2, 3, 4, 5] + [6, 7, 8, 5] * 20 + [EOS] * 4
     con = console(width=30, height=8)
-    view = DenoiseView(con, TokenTexts(decode, hidden=[EOS]), MASK, len(final), mode="live",
-                       max_fps=1e9)
+    view = DenoiseView(con, token_text, TOKENS, len(final), mode="live", max_fps=1e9)
     with view:
         for step in steps_for(final, per_step=3):
             view.update(step)
             lines = con.render_lines(view.frame(step), con.options, pad=False)
             assert len(lines) <= con.size.height
     assert view.frames > 5
-    view.finish(decode([t for t in final if t != EOS]))
+    view.finish(gen(decode([t for t in final if t != EOS])))
     out = con.file.getvalue()
     assert out.count("return 1") >= 20 and "tok/s" in out and "step " in out
 
 
 def test_refresh_rate_is_capped_but_the_last_step_is_drawn():
     final = [7] * 200
-    view = DenoiseView(console(), TokenTexts(decode), MASK, len(final), mode="live", max_fps=15)
+    view = DenoiseView(console(), token_text, TOKENS, len(final), mode="live", max_fps=15)
     start = time.monotonic()
     with view:
         for step in steps_for(final):
@@ -96,102 +105,51 @@ def test_refresh_rate_is_capped_but_the_last_step_is_drawn():
 
 def test_line_mode_on_a_pipe_is_plain_text():
     con = console(terminal=False)
-    view = DenoiseView(con, TokenTexts(decode), MASK, 8, mode="line")
+    view = DenoiseView(con, token_text, TOKENS, 8, mode="line")
     with view:
         for step in steps_for([2, 3, 4, 5, 7, 8, 5, 5]):
             view.update(step)
-    view.finish("def f():\n")
+    view.finish(gen("def f():\n", tokens=5))
     out = con.file.getvalue()
     assert not ANSI.search(out)
-    assert out.startswith("dllm: step 1 ") and "def f():" in out and "8 tokens in" in out
+    assert out.startswith("dllm: step 1 ") and "def f():" in out
+    assert "dllm: 5 tokens in 0.5 s (10.0 tok/s), 8 steps, 8 forwards" in " ".join(out.split())  # --json figures
 
 
 def test_finish_prints_the_final_text_once():
     con = console()
-    view = DenoiseView(con, TokenTexts(decode), MASK, 2, mode="quiet")
+    view = DenoiseView(con, token_text, TOKENS, 2, mode="quiet")
     with view:
         for step in steps_for([2, 3]):
             view.update(step)
-    view.finish("UNIQUE-OUTPUT")
+    view.finish(gen("UNIQUE-OUTPUT"))
     assert con.file.getvalue().count("UNIQUE-OUTPUT") == 1
+    view.finish(gen("HIDDEN"), show_text=False)
+    assert "HIDDEN" not in con.file.getvalue()
 
 
-DIFF = """--- a/src/x.py
-+++ b/src/x.py
-@@ -1,2 +1,2 @@
---- a removed line that looks like a header
-+++ an added one
- context
---- /dev/null
-+++ b/new.py
-@@ -0,0 +1 @@
-+print("hi")
---- a/old.py
-+++ /dev/null
-@@ -1 +0,0 @@
--gone
-"""
+PATCH_CHANGES = (FileChange("src/x.py", b"-- a removed line that looks like a header\ncontext\n",
+                             b"++ an added one\ncontext\n", 0o644),
+                  FileChange("new.py", None, b'print("hi")\n', 0o644),
+                  FileChange("old.py", b"gone\n", None, 0o644))
 
 
-def test_summarize_diff_lists_created_deleted_modified():
-    s = summarize_diff(DIFF)
-    assert (s.created, s.deleted, s.modified) == (("new.py",), ("old.py",), ("src/x.py",))
-
-
-def test_render_diff_colours_on_terminals_only():
+def test_render_diff_lists_the_patch_files_and_colours_on_terminals_only():
+    patch = Patch(PATCH_CHANGES, unified_diff(PATCH_CHANGES))
     con = console(width=80)
-    render_diff(con, DIFF + "+\x1b]0;pwned\x07\n")
+    render_diff(con, Patch(PATCH_CHANGES, patch.diff + "+\x1b]0;pwned\x07\n"))
     out = con.file.getvalue()
     assert ANSI.search(out) and "\x1b]0;" not in out  # coloured, but the model's ESC is defused
     plain = console(width=80, terminal=False)
-    render_diff(plain, DIFF)
+    render_diff(plain, patch)
     text = plain.file.getvalue()
     assert not ANSI.search(text)
-    assert " created new.py" in text and " deleted old.py" in text and "modified src/x.py" in text
-
-
-def test_print_data_is_byte_exact_on_a_pipe():
-    con = console(terminal=False)
-    print_data(DIFF, con, syntax="diff")
-    assert con.file.getvalue() == DIFF
+    assert "modified src/x.py" in text and " created new.py" in text and " deleted old.py" in text
+    assert "--- a removed line that looks like a header" in text  # the diff itself follows
 
 
 def test_printable_keeps_newlines_and_tabs():
     assert printable("a\tb\nc\x1b\x07\x7f") == "a\tb\nc␛␇␡"
-
-
-def pipe_answers(text: str):
-    from prompt_toolkit.input import create_pipe_input
-    from prompt_toolkit.output import DummyOutput
-
-    ctx = create_pipe_input()
-    pipe = ctx.__enter__()
-    pipe.send_text(text)
-    return ctx, pipe, DummyOutput()
-
-
-@pytest.mark.parametrize("typed, expected", [
-    ("y\n", "yes"), ("YES\n", "yes"), ("maybe\nn\n", "no"), ("e\n", "edit"), ("s\n", "save"),
-])
-def test_ask_confirm(typed, expected):
-    ctx, pipe, out = pipe_answers(typed)
-    try:
-        assert ask_confirm(input=pipe, output=out) == expected
-    finally:
-        ctx.__exit__(None, None, None)
-
-
-def test_ask_confirm_end_of_input_is_no_and_ask_text_default():
-    ctx, pipe, out = pipe_answers("\x04")  # Ctrl-D
-    try:
-        assert ask_confirm(input=pipe, output=out) == "no"
-    finally:
-        ctx.__exit__(None, None, None)
-    ctx, pipe, out = pipe_answers("\n")
-    try:
-        assert ask_text("save to", "dllm.patch", input=pipe, output=out) == "dllm.patch"
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def test_render_context_lists_files_skips_and_budget(tmp_path):

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dllm_cli.checkpoint import load_model
+from dllm_cli.engine.loader import load_model
 from dllm_cli.config import SamplerConfig
 from dllm_cli.errors import UsageError
-from dllm_cli.sampler import (DenoiseStep, p2_masked, _parallel_accept, block_steps, cut_at_stop, denoise,
-                              dream_schedule, llada_schedule)
+from dllm_cli.engine.sampler import (p2_masked, _parallel_accept, block_steps, cut_at_stop, denoise,
+                                     dream_schedule, llada_schedule)
+from dllm_cli.events import DenoiseStep
 from oracles import MockModel, dream_generate, llada_generate, p2_generate
 
 PROMPT = [3, 5, 7, 9, 11, 2, 40]
@@ -30,9 +31,9 @@ def final(model, cfg, prompt=PROMPT, **kw) -> list[int]:
 def llada_oracle(model, cfg, prompt=PROMPT, seed=0):
     out = llada_generate(model, torch.tensor([prompt]), steps=cfg.total_steps, gen_length=cfg.gen_length,
                          block_length=cfg.block, temperature=cfg.temperature, cfg_scale=cfg.cfg_scale,
-                         remasking=cfg.alg, mask_id=model.mask_token_id, logits_eos_inf=cfg.logits_eos_inf,
-                         confidence_eos_eot_inf=cfg.confidence_eos_eot_inf, eos_id=model.eos_token_id,
-                         eot_ids=sorted(model.stop_token_ids - {model.eos_token_id}),
+                         remasking=cfg.alg, mask_id=model.tokens.mask, logits_eos_inf=cfg.logits_eos_inf,
+                         confidence_eos_eot_inf=cfg.confidence_eos_eot_inf, eos_id=model.tokens.eos,
+                         eot_ids=sorted(model.tokens.stops - {model.tokens.eos}),
                          generator=torch.Generator().manual_seed(seed))
     return out[0, len(prompt):].tolist()
 
@@ -40,7 +41,7 @@ def llada_oracle(model, cfg, prompt=PROMPT, seed=0):
 def dream_oracle(model, cfg, prompt=PROMPT, seed=0):
     out = dream_generate(model, torch.tensor([prompt]), cfg.gen_length, cfg.total_steps, eps=cfg.eps,
                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, alg=cfg.alg,
-                         alg_temp=cfg.alg_temp, mask_token_id=model.mask_token_id,
+                         alg_temp=cfg.alg_temp, mask_token_id=model.tokens.mask,
                          generator=torch.Generator().manual_seed(seed))
     return out[0, len(prompt):].tolist()
 
@@ -71,7 +72,7 @@ def test_llada_loop_matches_official_generate(mock, case):
     model = MockModel(shifted=mock == "shifted", eos_bias=4.0, eos_from=20) if "eos" in str(case) else MOCKS[mock]
     cfg = SamplerConfig(**case, **PLAIN, seed=0)
     want = llada_oracle(model, cfg)
-    assert model.mask_token_id not in want
+    assert model.tokens.mask not in want
     assert final(model, cfg) == want
 
 
@@ -95,12 +96,12 @@ def test_parity_on_tiny_checkpoints_every_alg(tiny_models, layout):
     for alg in ("low_confidence", "random"):
         cfg = SamplerConfig(gen_length=16, steps=16, block_length=8, alg=alg, **PLAIN, seed=2)
         want = llada_oracle(model, cfg, prompt, seed=2)
-        assert model.mask_token_id not in want
+        assert model.tokens.mask not in want
         assert final(model, cfg, prompt) == want, alg
     for alg in ("origin", "maskgit_plus", "topk_margin", "entropy"):
         cfg = SamplerConfig(gen_length=16, steps=8, block_length=None, alg=alg, **PLAIN, seed=2)
         want = dream_oracle(model, cfg, prompt, seed=2)
-        assert model.mask_token_id not in want
+        assert model.tokens.mask not in want
         assert final(model, cfg, prompt) == want, alg
 
 
@@ -135,7 +136,7 @@ def test_prompt_fixed_and_nothing_remasked(cfg):
     model = MockModel(seed=3)
     model.record_ids = True
     events = run(model, cfg)
-    check_events(events, cfg.gen_length, model.mask_token_id)
+    check_events(events, cfg.gen_length, model.tokens.mask)
     for ids in model.seen:  # the conditional row always carries the prompt
         assert ids[0, :len(PROMPT)].tolist() == PROMPT
 
@@ -186,11 +187,11 @@ def test_threshold_and_factor_decoding(rule):
     model = MockModel(seed=4, scale=12.0)  # confident enough that several tokens pass
     cfg = SamplerConfig(gen_length=32, block_length=8, cache="none", early_stop=False, **rule)
     events = run(model, cfg)
-    check_events(events, 32, model.mask_token_id)
+    check_events(events, 32, model.tokens.mask)
     assert all(len(e.revealed) >= 1 for e in events)
     assert len(events) < 32 and events[-1].forwards == len(events)
     budget = run(model, cfg.with_(steps=8))  # steps is an upper bound: 2 steps per block
-    check_events(budget, 32, model.mask_token_id)
+    check_events(budget, 32, model.tokens.mask)
     assert len(budget) <= 8
 
 
@@ -218,16 +219,16 @@ def test_early_stop_and_cut_at_first_eos():
     cfg = SamplerConfig(gen_length=64, block_length=8, threshold=None, cache="none", early_stop=False)
     full = run(model, cfg)
     short = run(model, cfg.with_(early_stop=True))
-    stops = model.stop_token_ids
+    stops = model.tokens.stops
     answer = cut_at_stop(full[-1].tokens, stops)
-    assert 0 < len(answer) < 64 and model.mask_token_id not in answer
+    assert 0 < len(answer) < 64 and model.tokens.mask not in answer
     assert cut_at_stop(short[-1].tokens, stops) == answer  # early stop never changes the answer
     assert short[-1].forwards < full[-1].forwards
     end = short[-1].tokens
     block_end = (len(answer) // 8 + 1) * 8  # later blocks were never decoded: all eos
-    assert end[len(answer)] in stops and all(t == model.eos_token_id for t in end[block_end:])
-    check_events(short, 64, model.mask_token_id)
-    assert cut_at_stop([4, 5, model.eos_token_id, 6], stops) == [4, 5]
+    assert end[len(answer)] in stops and all(t == model.tokens.eos for t in end[block_end:])
+    check_events(short, 64, model.tokens.mask)
+    assert cut_at_stop([4, 5, model.tokens.eos, 6], stops) == [4, 5]
     assert cut_at_stop([4, 5], stops) == [4, 5]
 
 
@@ -260,7 +261,7 @@ class MaskLover(MockModel):
 def test_the_mask_token_is_never_committed(case):
     model = MaskLover()
     cfg = SamplerConfig(gen_length=16, block_length=8, steps=8, threshold=None, **case)
-    check_events(run(model, cfg), 16, model.mask_token_id)
+    check_events(run(model, cfg), 16, model.tokens.mask)
 
 
 def test_bad_input_is_a_usage_error():
@@ -268,7 +269,7 @@ def test_bad_input_is_a_usage_error():
     with pytest.raises(UsageError, match="empty"):
         denoise(model, [], SamplerConfig())
     with pytest.raises(UsageError, match="mask token"):
-        denoise(model, [1, model.mask_token_id], SamplerConfig())
+        denoise(model, [1, model.tokens.mask], SamplerConfig())
     with pytest.raises(UsageError, match="refresh"):
         denoise(model, [1], SamplerConfig(), cache_refresh="never")
     assert run(model, SamplerConfig(gen_length=8, block_length=8), prompt=torch.tensor(PROMPT))[-1].done
@@ -294,7 +295,7 @@ def test_cache_refreshed_every_step_is_exact_on_tiny_checkpoints(tiny_models, la
     for mode in ("prefix", "dual"):
         assert final(model, cfg.with_(cache=mode), prompt, cache_refresh="step") == want, mode
         approx = run(model, cfg.with_(cache=mode), prompt)
-        check_events(approx, 16, model.mask_token_id)
+        check_events(approx, 16, model.tokens.mask)
         assert approx[-1].forwards == len(approx)  # the cache never adds a forward
 
 
@@ -360,7 +361,7 @@ SUFFIX = [13, 17, 19, 23]
 def infill_reference(model, prompt, n, suffix):
     """A plain loop over the whole canvas prompt + n masks + suffix: one most-confident token per
     step (LLaDA low_confidence, one block), written independently of sampler.py."""
-    mask = model.mask_token_id
+    mask = model.tokens.mask
     x = torch.tensor([list(prompt) + [mask] * n + list(suffix)])
     for _ in range(n):
         logits = model.logits(x)[0].float()
@@ -397,7 +398,7 @@ def test_infill_on_tiny_checkpoints_plain_and_cached(tiny_models, layout):
     for mode in ("prefix", "dual"):
         assert final(model, blocks.with_(cache=mode), prompt, suffix_ids=suffix, cache_refresh="step") == ref
     with pytest.raises(UsageError, match="suffix contains the mask"):
-        run(model, cfg, prompt, suffix_ids=[model.mask_token_id])
+        run(model, cfg, prompt, suffix_ids=[model.tokens.mask])
 
 
 # ---- p2 (Open-dCoder's path planning) ---------------------------------------------------------
@@ -406,9 +407,9 @@ P2 = dict(alg="p2", block_length=None, threshold=None, cache="none", early_stop=
 
 
 def p2_oracle(model, cfg, prompt=PROMPT, suffix=()):
-    x = torch.tensor([list(prompt) + [model.mask_token_id] * cfg.gen_length + list(suffix)])
+    x = torch.tensor([list(prompt) + [model.tokens.mask] * cfg.gen_length + list(suffix)])
     out = p2_generate(model, x, cfg.total_steps, temperature=cfg.temperature, top_p=cfg.top_p,
-                      top_k=cfg.top_k, mask_token_id=model.mask_token_id)
+                      top_k=cfg.top_k, mask_token_id=model.tokens.mask)
     assert out[0, len(prompt) + cfg.gen_length:].tolist() == list(suffix)
     return out[0, len(prompt):len(prompt) + cfg.gen_length].tolist()
 
@@ -428,14 +429,14 @@ def test_p2_on_tiny_checkpoints(tiny_models, layout):
     prompt = model.tokenizer.encode("def mean(numbers):")
     cfg = SamplerConfig(gen_length=16, steps=8, **P2)
     want = p2_oracle(model, cfg, prompt)
-    assert model.mask_token_id not in want and final(model, cfg, prompt) == want
+    assert model.tokens.mask not in want and final(model, cfg, prompt) == want
 
 
 def test_p2_schedule_revisions_and_seeds():
     model = MockModel(seed=3)
     cfg = SamplerConfig(gen_length=32, steps=16, **P2)
     events = run(model, cfg)
-    mask = model.mask_token_id
+    mask = model.tokens.mask
     prev = [mask] * 32
     for i, ev in enumerate(events):
         assert ev.tokens.count(mask) == p2_masked(32, i, 16)  # the kappa schedule

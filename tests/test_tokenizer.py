@@ -4,9 +4,11 @@ templates (sandboxed), and auto_map code never run; transformers' tokenizers are
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
+from dllm_cli.catalog import inspect
 from dllm_cli.errors import TokenizerError
 from dllm_cli.tokenizer import Tokenizer
 from tiny import AUTO_MAP_MARKER, make_dream_checkpoint, make_llada_checkpoint
@@ -20,8 +22,13 @@ def dream_vm(tmp_path_factory):
     return make_dream_checkpoint(tmp_path_factory.mktemp("vm"), tokenizer_format="vocab-merges")
 
 
-def _load(folder):
-    return Tokenizer.from_dir(folder, json.loads((folder / "config.json").read_text()))
+def _load(folder, config_ids: bool = True):
+    """The tokenizer as the loader builds it; config_ids=False drops config.json's *_token_id
+    values, so only the tokenizer files' names decide."""
+    ckpt = inspect(folder)
+    if not config_ids:
+        ckpt = replace(ckpt, config={k: v for k, v in ckpt.config.items() if not k.endswith("_token_id")})
+    return Tokenizer.from_checkpoint(ckpt)
 
 
 def test_both_formats_agree_with_transformers(dream_ckpt, dream_vm):
@@ -61,7 +68,7 @@ def test_special_ids_resolved(dream_ckpt, llada_ckpt):
 
 
 def test_mask_found_by_name_without_config(dream_ckpt):
-    tok = Tokenizer.from_dir(dream_ckpt)  # no config.json ids: tokenizer_config's mask_token
+    tok = _load(dream_ckpt, config_ids=False)  # no config.json ids: tokenizer_config's mask_token
     assert tok.mask_token_id == tok.token_to_id("<|mask|>")
 
 
@@ -147,7 +154,7 @@ def test_added_token_ids_may_have_gaps(tmp_path):
     tc = json.loads((folder / "tokenizer_config.json").read_text())
     del tc["added_tokens_decoder"]
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
-    tok = Tokenizer.from_dir(folder)
+    tok = _load(folder, config_ids=False)
     assert tok.mask_token_id == added["<|mask|>"] == tok.vocab_size - 1
     assert tok.encode("x<|mask|>")[-1] == added["<|mask|>"]
 
@@ -159,7 +166,7 @@ def test_added_token_id_conflict_refused(tmp_path):
     tc["added_tokens_decoder"][str(int(entry) + 7)] = tc["added_tokens_decoder"].pop(entry)
     (folder / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(TokenizerError, match="<\\|mask\\|>"):
-        Tokenizer.from_dir(folder)
+        _load(folder, config_ids=False)
 
 
 def test_bad_tokenizer_config_json(tmp_path):
@@ -179,7 +186,7 @@ def test_special_tokens_map_fills_what_tokenizer_config_leaves_out(tmp_path):
     (folder / "special_tokens_map.json").write_text(json.dumps({
         "mask_token": {"content": "<|mask|>", "special": True}, "bos_token": "<|beginoftext|>",
         "eos_token": "<|endoftext|>"}))
-    tok = Tokenizer.from_dir(folder)  # no config.json ids: the names decide
+    tok = _load(folder, config_ids=False)  # no config.json ids: the names decide
     assert tok.mask_token_id == tok.token_to_id("<|mask|>")
     assert tok.bos_token_id == tok.token_to_id("<|beginoftext|>")
     assert tok.eos_token_id == tok.token_to_id("<|im_end|>")

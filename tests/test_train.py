@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dllm_cli.events import SpecialTokens
 from dllm_cli.train import corpus, evaluate, synth
 from dllm_cli.train.tokenizer_train import CHAT_TEMPLATE, SPECIAL_TOKENS, save_tokenizer, train_bpe
 
@@ -123,7 +124,9 @@ def test_chat_template_matches_engine_tokenizer(tok_dir):
     from dllm_cli.tokenizer import Tokenizer
     from dllm_cli.train.data import render_prompt
     msgs = build_messages("implement mean")
-    text = Tokenizer.from_dir(tok_dir).apply_chat_template([m.as_dict() for m in msgs])
+    from dllm_cli.catalog import inspect
+    (tok_dir / "config.json").write_text(json.dumps({"model_type": "Dream", "mask_token_id": 1, "eos_token_id": 0}))
+    text = Tokenizer.from_checkpoint(inspect(tok_dir)).apply_chat_template([m.as_dict() for m in msgs])
     assert text == render_prompt(msgs)
     assert text.startswith("<|im_start|>system\nYou are dllm") and text.endswith("<|im_start|>assistant\n")
 
@@ -168,17 +171,18 @@ def _tiny(**kw):
 
 
 def test_two_steps_give_a_checkpoint_the_engine_loads(data_dir, tok_dir, tmp_path, roots):
-    from dllm_cli.checkpoint import load_model
-    from dllm_cli.train.model import load_checkpoint
-    from dllm_cli.train.train import package, train
+    from dllm_cli.engine.loader import load_model
+    from dllm_cli.train.train import load_checkpoint, package, train
     ckpt = train(_tiny(max_steps=2, seq_len=256, sft_ratio=0.5), data_dir, tok_dir, tmp_path / "run", echo=False)
     model = load_model(str(ckpt))
     assert model.spec.layout == "dream" and model.spec.shifted and model.spec.tied
-    assert model.mask_token_id == 1 and model.eos_token_id == 0
+    assert model.tokens.mask == 1 and model.tokens.eos == 0
     ids = torch.randint(4, 300, (1, 24))
     ids[0, 5] = 1
     with torch.no_grad():
-        assert torch.allclose(model.logits(ids), load_checkpoint(ckpt).eval().logits(ids), atol=1e-5)
+        net, _ = load_checkpoint(ckpt)
+        assert torch.allclose(model.logits(ids), net.eval().logits(ids), atol=1e-5)
+    assert net.model.embed_tokens.weight.requires_grad  # trainable again (a second phase)
     log = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["event"] == "done" and log[-1]["step"] == 2
     corpus.build_corpus(tmp_path / "corpus", *roots)
@@ -197,11 +201,10 @@ def test_two_steps_give_a_checkpoint_the_engine_loads(data_dir, tok_dir, tmp_pat
 def test_loss_goes_down_on_a_fixed_batch(data_dir):
     import numpy as np
     from dllm_cli.train.data import load_sft
-    from dllm_cli.train.model import DreamLM
-    from dllm_cli.train.train import diffusion_loss, make_batch, make_optimizer
+    from dllm_cli.train.train import diffusion_loss, make_batch, make_optimizer, new_model
     cfg = _tiny(seq_len=128, sft_ratio=0.5)
     torch.manual_seed(0)
-    model = DreamLM(cfg.model)
+    model = new_model(cfg.model)  # the engine's own Dream-layout network
     opt = make_optimizer(model, cfg)
     ids, eligible = make_batch(np.random.default_rng(0), np.load(data_dir / "train_tokens.npy"),
                                load_sft(data_dir / "sft_train.npz"), cfg)
@@ -219,7 +222,7 @@ def test_loss_goes_down_on_a_fixed_batch(data_dir):
 class _Oracle:
     """A fake model whose aligned logits put all mass on `truth` (or on token 4 when wrong)."""
 
-    mask_token_id = 1
+    tokens = SpecialTokens(mask=1, eos=0)
 
     def __init__(self, truth: torch.Tensor, wrong: bool = False):
         self.truth, self.wrong = truth, wrong
@@ -275,7 +278,7 @@ def test_ngram_baseline_and_bits_per_char():
 
 
 def test_infill_eval_on_a_tiny_checkpoint(dream_ckpt):
-    from dllm_cli.checkpoint import load_model
+    from dllm_cli.engine.loader import load_model
     model = load_model(str(dream_ckpt))
     docs = [{"path": "m.py", "text": CODE[1]}]
     cases = evaluate.infill_cases(docs, 5, seed=0)
@@ -289,17 +292,16 @@ def test_infill_eval_on_a_tiny_checkpoint(dream_ckpt):
 
 
 def test_second_phase_starts_from_the_checkpoint(data_dir, tok_dir, tmp_path):
-    from dllm_cli.train.model import load_checkpoint
-    from dllm_cli.train.train import init_model, train
+    from dllm_cli.train.train import init_model, load_checkpoint, train
     first = train(_tiny(max_steps=2, seq_len=256), data_dir, tok_dir, tmp_path / "a", echo=False)
     model = init_model(_tiny(init=str(first)))
-    want = load_checkpoint(first).state_dict()
+    want = load_checkpoint(first)[0].state_dict()
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="not the preset's"):
         init_model(_tiny(init=str(first), model=replace(_tiny().model, hidden_size=64)))
     second = train(_tiny(max_steps=2, seq_len=256, init=str(first), seed=1), data_dir, tok_dir,
                    tmp_path / "b", echo=False)
-    assert not torch.equal(load_checkpoint(second).model.norm.weight, want["model.norm.weight"])
+    assert not torch.equal(load_checkpoint(second)[0].model.norm.weight, want["model.norm.weight"])
 
 
 def test_train_command_passes_phase_two_options(monkeypatch, tmp_path):

@@ -15,7 +15,8 @@ Knows these measures, all on files the model never trained on (corpus heldout.js
                    stub (`pass`, `...`); never executed;
   chat_body_compiles  the same functions asked for in the chat edit format (SEARCH/REPLACE),
                    parsed with `dllm_cli.edits.parse`, the rebuilt function compiled.
-The model is loaded through `dllm_cli.checkpoint.load_model`, the path users take.
+The model is loaded through `dllm_cli.engine.load_model` and every generation runs through
+`dllm_cli.generate.run` on the local backend: the path `dllm code` takes.
 Must not: exec or import generated code, train.
 """
 
@@ -56,7 +57,7 @@ def masked_top1(model, rows: torch.Tensor, ratio: float = 0.15, seed: int = 0, b
     """Top-1 accuracy on masked positions; with `chars` ((V,) characters per token id) also the
     cross-entropy in bits per character of the masked tokens."""
     masked = fixed_mask(rows, ratio, seed)
-    noisy = torch.where(masked, torch.full_like(rows, model.mask_token_id), rows)
+    noisy = torch.where(masked, torch.full_like(rows, model.tokens.mask), rows)
     hit = total = 0
     nats = 0.0
     for k in range(0, rows.shape[0], batch):
@@ -122,7 +123,7 @@ def greedy_fill(model, ids: torch.Tensor, positions: list[int]) -> torch.Tensor:
     todo = list(positions)
     while todo:
         probs = model.logits(x[None])[0, todo].float().softmax(-1)   # (len(todo), V)
-        probs[:, model.mask_token_id] = 0
+        probs[:, model.tokens.mask] = 0
         conf, tok = probs.max(-1)
         j = int(conf.argmax())
         x[todo[j]] = tok[j]
@@ -162,7 +163,7 @@ def infill_exact(model, cases) -> dict:
     for ids, pos in cases:
         x = torch.tensor(ids, dtype=torch.long)
         noisy = x.clone()
-        noisy[pos] = model.mask_token_id
+        noisy[pos] = model.tokens.mask
         out = greedy_fill(model, noisy, pos)
         hits += bool((out[pos] == x[pos]).all())
     return {"infill_exact": hits / max(1, len(cases)), "infill_lines": len(cases)}
@@ -226,19 +227,18 @@ def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context:
                     cfg=None) -> dict:
     """`dllm code`'s infill path on each case; the patched file must compile. `cfg`: the
     sampler (default: dllm's default recipe at `gen_length`)."""
+    from dllm_cli.backend import Request
     from dllm_cli.config import SamplerConfig
-    from dllm_cli.sampler import cut_at_stop, denoise
+    from dllm_cli.engine.local import LocalBackend
+    from dllm_cli.generate import run
     cfg = cfg if cfg is not None else SamplerConfig(gen_length=gen_length, seed=seed)
     gen_length = cfg.gen_length
-    tok = model.tokenizer
+    tok, backend = model.tokenizer, LocalBackend(model)
     ok = raw = exact = 0
     examples = []
     for prefix, body, suffix, name in cases:
-        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), gen_length, context, model.eos_token_id)
-        last = None
-        for last in denoise(model, pre, cfg, suffix_ids=suf):
-            pass
-        text = tok.decode(cut_at_stop(last.tokens, model.stop_token_ids), skip_special=True)
+        pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), gen_length, context, model.tokens.eos)
+        text = run(backend, Request(tuple(pre), tuple(suf)), cfg).text
         new = text if text.endswith("\n") else text + "\n"
         try:
             compile(prefix + new + suffix, "<generated>", "exec", dont_inherit=True)  # never run
@@ -256,18 +256,18 @@ def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context:
 
 
 def body_compiles(model, cases, gen_length: int = 128, seed: int = 0) -> dict:
+    from dllm_cli.backend import Request
     from dllm_cli.config import SamplerConfig
-    from dllm_cli.sampler import cut_at_stop, denoise
+    from dllm_cli.engine.local import LocalBackend
+    from dllm_cli.generate import run
     cfg = SamplerConfig(gen_length=gen_length, seed=seed)   # dllm's default (fast) recipe
+    backend = LocalBackend(model)
     fmt = ok = 0
     examples = []
     for s, head, original in cases:
         prompt = model.tokenizer.encode(model.tokenizer.apply_chat_template(
             [m.as_dict() for m in s.messages], add_generation_prompt=True))
-        last = None
-        for last in denoise(model, prompt, cfg):
-            pass
-        text = model.tokenizer.decode(cut_at_stop(last.tokens, model.stop_token_ids), skip_special=True)
+        text = run(backend, Request(tuple(prompt), messages=tuple(s.messages)), cfg).text
         f, c = compiled_function(text, head)
         fmt, ok = fmt + f, ok + c
         if len(examples) < 3:
@@ -282,7 +282,7 @@ def run_eval(model_dir: Path, corpus: Path, n_infill: int = 200, n_bodies: int =
              ngram_files: int = 3000) -> dict:
     """Every measure on the held-out files of `corpus` (`ngram_files` training files feed the
     count-table baseline)."""
-    from dllm_cli.checkpoint import load_model
+    from dllm_cli.engine.loader import load_model
     torch.manual_seed(seed)
     model = load_model(str(model_dir))
     docs = read_docs(corpus / "heldout.jsonl")[:max_files]

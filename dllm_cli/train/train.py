@@ -1,6 +1,8 @@
 """Masked-diffusion training of the embedded Dream-layout coder.
 
-Knows: the objective (LLaDA/MDLM: t ~ U(0,1) per row, mask each eligible token with probability t,
+Knows: the model it trains (the engine's own Dream layout, `engine.layouts.dream.DreamModel`,
+built from a `ModelConfig`; saved as config.json + model.safetensors that `load_model` reads),
+the objective (LLaDA/MDLM: t ~ U(0,1) per row, mask each eligible token with probability t,
 cross-entropy on masked tokens weighted by 1/t), the Dream shift (token i is scored by the raw
 output at position i-1, so position 0 is never masked), the mix of packed pre-training rows and
 SFT rows (only the generation region is masked), named presets, the learning-rate schedule,
@@ -21,10 +23,81 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+
+from dllm_cli.engine.layouts.dream import DreamModel, spec_from_config
 from dllm_cli.train.data import SFTSet, load_sft, special_ids
-from dllm_cli.train.model import DreamLM, ModelConfig, save_checkpoint
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@dataclass
+class ModelConfig:
+    """The shape of the embedded model (Qwen2 config keys, as config.json writes them)."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 704
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+
+    def hf_config(self, mask_token_id: int, eos_token_id: int, dtype: str = "float32") -> dict:
+        """config.json in the Dream layout (Qwen2 keys) for the engine's loader."""
+        cfg = asdict(self)
+        cfg.update(architectures=["DreamModel"], model_type="Dream", hidden_act="silu",
+                   mask_token_id=mask_token_id, eos_token_id=eos_token_id,
+                   pad_token_id=eos_token_id, bos_token_id=eos_token_id,
+                   torch_dtype=dtype, attention_dropout=0.0, use_cache=False,
+                   initializer_range=0.02)
+        return cfg
+
+
+def new_model(cfg: ModelConfig) -> DreamModel:
+    """A freshly initialised network: linear and embedding weights ~ N(0, 0.02), biases 0, norms 1
+    (drawn from torch's global generator, seeded by the caller)."""
+    net = DreamModel(spec_from_config(cfg.hf_config(0, 0), "ModelConfig", family="dllm"))
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return net
+
+
+def save_checkpoint(net: DreamModel, cfg: ModelConfig, out: Path, mask_token_id: int, eos_token_id: int,
+                    dtype: torch.dtype = torch.float32, extra: dict | None = None) -> None:
+    """config.json + model.safetensors (Qwen2 names; no lm_head when tied)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous().clone() for k, v in net.state_dict().items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    config = cfg.hf_config(mask_token_id, eos_token_id, name)
+    if extra:
+        config.update(extra)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+
+
+def load_checkpoint(folder: Path) -> tuple[DreamModel, ModelConfig]:
+    """A checkpoint written by `save_checkpoint`, read through the engine's strict loader, as a
+    trainable fp32 network on the CPU (for a second phase and for tests)."""
+    from dllm_cli.engine.loader import load_model
+
+    model = load_model(folder, device="cpu", dtype=torch.float32)
+    net = model.net
+    assert isinstance(net, DreamModel), f"{folder}: not a Dream-layout checkpoint"
+    net.requires_grad_(True).train()
+    config = json.loads((Path(folder) / "config.json").read_text())
+    fields = ModelConfig.__dataclass_fields__
+    return net, ModelConfig(**{k: config[k] for k in fields if k in config})
 
 
 @dataclass
@@ -104,7 +177,7 @@ def make_batch(gen: np.random.Generator, stream: np.ndarray, sft: SFTSet | None,
     return torch.from_numpy(ids), torch.from_numpy(eligible)
 
 
-def diffusion_loss(model: DreamLM, ids, eligible, mask_id: int, gen: torch.Generator):
+def diffusion_loss(model: DreamModel, ids, eligible, mask_id: int, gen: torch.Generator):
     """LLaDA/MDLM loss: sum over masked tokens of CE / t, divided by eligible tokens per row."""
     B, T = ids.shape
     # stratified t in (0, 1): lower variance than independent draws
@@ -119,7 +192,7 @@ def diffusion_loss(model: DreamLM, ids, eligible, mask_id: int, gen: torch.Gener
     noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
     hid = model.hidden(noisy)                               # (B, T, D)
     b, i = masked.nonzero(as_tuple=True)
-    logits = hid[b, i - 1] @ model.head_weight().t()        # (M, V): raw i-1 scores token i
+    logits = model.head(hid[b, i - 1])                      # (M, V): raw i-1 scores token i
     ce = F.cross_entropy(logits.float(), ids[b, i], reduction="none")
     weight = 1.0 / (t[b] * eligible.sum(1)[b].clamp(min=1))
     loss = (ce * weight).sum() / B
@@ -128,7 +201,7 @@ def diffusion_loss(model: DreamLM, ids, eligible, mask_id: int, gen: torch.Gener
 
 
 @torch.no_grad()
-def masked_top1(model: DreamLM, rows: torch.Tensor, mask_id: int, ratio: float = 0.15, seed: int = 1234):
+def masked_top1(model: DreamModel, rows: torch.Tensor, mask_id: int, ratio: float = 0.15, seed: int = 1234):
     """Held-out masked-token top-1 at `ratio` masking (fixed mask from `seed`); positions >= 1."""
     gen = torch.Generator().manual_seed(seed)
     masked = (torch.rand(rows.shape, generator=gen) < ratio).to(rows.device)
@@ -138,7 +211,7 @@ def masked_top1(model: DreamLM, rows: torch.Tensor, mask_id: int, ratio: float =
     for k in range(0, rows.shape[0], 8):
         hid = model.hidden(noisy[k:k + 8])
         b, i = masked[k:k + 8].nonzero(as_tuple=True)
-        pred = (hid[b, i - 1] @ model.head_weight().t()).argmax(-1)
+        pred = model.head(hid[b, i - 1]).argmax(-1)
         hit += (pred == rows[k:k + 8][b, i]).sum().item()
         total += b.numel()
     return hit / max(1, total)
@@ -149,18 +222,17 @@ def heldout_rows(stream: np.ndarray, seq_len: int, n: int) -> torch.Tensor:
     return torch.from_numpy(stream[: n * seq_len].astype(np.int64).reshape(n, seq_len))
 
 
-def init_model(cfg: TrainConfig) -> DreamLM:
+def init_model(cfg: TrainConfig) -> DreamModel:
     """A fresh model, or the weights of `cfg.init` (whose shapes must be the preset's)."""
     if not cfg.init:
-        return DreamLM(cfg.model)
-    from dllm_cli.train.model import load_checkpoint
-    model = load_checkpoint(Path(cfg.init))
-    if model.cfg != cfg.model:
-        raise ValueError(f"{cfg.init}: its model config {model.cfg} is not the preset's {cfg.model}")
+        return new_model(cfg.model)
+    model, model_cfg = load_checkpoint(Path(cfg.init))
+    if model_cfg != cfg.model:
+        raise ValueError(f"{cfg.init}: its model config {model_cfg} is not the preset's {cfg.model}")
     return model
 
 
-def make_optimizer(model: DreamLM, cfg: TrainConfig):
+def make_optimizer(model: DreamModel, cfg: TrainConfig):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -168,8 +240,9 @@ def make_optimizer(model: DreamLM, cfg: TrainConfig):
                              lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def write_checkpoint(model, out: Path, tokenizer_dir: Path, mask_id: int, eos_id: int, info: dict):
-    save_checkpoint(model, out, mask_id, eos_id, torch.float32)  # tensors are moved to CPU there
+def write_checkpoint(model: DreamModel, cfg: ModelConfig, out: Path, tokenizer_dir: Path, mask_id: int,
+                     eos_id: int, info: dict):
+    save_checkpoint(model, cfg, out, mask_id, eos_id, torch.float32)  # tensors are moved to CPU there
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, out / name)
     (out / "training_state.json").write_text(json.dumps(info, indent=1))
@@ -206,7 +279,7 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
     eval_rows = eval_rows.to(dev)
     opt = make_optimizer(model, cfg)
     gen_np, gen_t = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
-    log(event="start", command=command, config=asdict(cfg), n_params=model.n_params(),
+    log(event="start", command=command, config=asdict(cfg), n_params=sum(p.numel() for p in model.parameters()),
         train_tokens=int(stream.size), sft_samples=0 if sft is None else len(sft.ids),
         infill_samples=0 if infill is None else len(infill.ids))
     ckpt = run_dir / "checkpoint"
@@ -236,7 +309,7 @@ def train(cfg: TrainConfig, data_dir: Path, tokenizer_dir: Path, run_dir: Path, 
             model.train()
             log(step=step, heldout_top1_15=round(acc, 4), elapsed=round(time.time() - t0, 1))
         if time.time() - last_save > cfg.save_every_s or last:
-            write_checkpoint(model, ckpt, tokenizer_dir, mask_id, eos_id,
+            write_checkpoint(model, cfg.model, ckpt, tokenizer_dir, mask_id, eos_id,
                              {"step": step, "max_steps": cfg.max_steps, "elapsed_s": round(elapsed, 1),
                               "seed": cfg.seed, "tokens": step * cfg.batch_size * cfg.seq_len})
             last_save = time.time()
@@ -255,7 +328,7 @@ def package(checkpoint: Path, corpus_dir: Path, out: Path, logs: list[Path] | No
     for name in ("config.json", "model.safetensors", "training_state.json") + TOKENIZER_FILES:
         shutil.copy(checkpoint / name, out / name)
     cfg = json.loads((out / "config.json").read_text())
-    cfg["dllm_family"] = "dllm"   # checkpoint.guess_family: our own recipe, not Dream's
+    cfg["dllm_family"] = "dllm"   # catalog.family_of: our own recipe, not Dream's
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     if logs is None:
         logs = [log for log in [checkpoint.parent / "train_log.jsonl"] if log.is_file()]

@@ -1,11 +1,11 @@
-"""Load a checkpoint folder into a `DiffusionModel`: inspect, pick the layout, check, load.
+"""Load a checkpoint folder into a `Model`: inspect, pick the layout, check, load strictly.
 
-Knows: the folder's files (config.json, safetensors single or sharded, refused `.bin`
-pickles), the layout choice from `config.json` (`model_type`, else `architectures`; never
-the folder name), the strict meta-device load (every tensor consumed, every shape checked),
-the memory estimate before loading, device/dtype choice, and where the embedded default
-model lives. Must not: know about terminals, or run checkpoint-supplied code.
-Every failure a user can cause is a DllmError whose one-line message names the file.
+Knows: the weight files (safetensors single or sharded, refused `.bin` pickles), the strict
+meta-device load (every tensor consumed, every shape checked), the memory check before any
+weight is read, and random weights of the published shapes (`dllm bench --shape`). What the
+folder is (layout, family, tokenizer files, template) comes from `catalog.inspect`.
+Must not: know about terminals, or run checkpoint-supplied code. Every failure a user can
+cause is a DllmError whose one-line message names the file.
 """
 
 from __future__ import annotations
@@ -15,22 +15,24 @@ import os
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, OutOfMemoryError, TokenizerError, UsageError
-from .models import MODEL_CLASSES, LAYOUTS, DiffusionModel, ModelSpec, layout_of, supported_model_types
-from .tokenizer import CHATML_TEMPLATE, LLADA_CHAT_TEMPLATE, Tokenizer
+from .. import catalog
+from ..catalog import Checkpoint
+from ..errors import CheckpointError, TokenizerError, UsageError
+from ..events import SpecialTokens
+from ..tokenizer import Tokenizer
+from .device import check_memory, pick_device, pick_dtype
+from .layouts import LAYOUTS, MODEL_CLASSES, DiffusionModel, ModelSpec
+from .model import Model
 
-DEFAULT_MODEL = "dllm-coder-mini"
-HEAD_NAMES = {"dream": "lm_head.weight", "llada": "model.transformer.ff_out.weight"}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed buffers some exporters save
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
 # The published shapes (config.json values, see docs/models.md), for `dllm bench --shape`.
-PUBLISHED_SHAPES: dict[str, dict] = {
+PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
     "dream-7b": {
         "model_type": "Dream", "architectures": ["DreamModel"], "hidden_size": 3584,
         "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
@@ -54,147 +56,22 @@ PUBLISHED_SHAPES: dict[str, dict] = {
 }
 
 
-# ---- where --------------------------------------------------------------------------------
 
-def weights_dir() -> Path:
-    """$DLLM_WEIGHTS_DIR, else <repository>/weights (next to the dllm_cli package)."""
-    env = os.environ.get("DLLM_WEIGHTS_DIR")
-    return Path(env).expanduser() if env else Path(__file__).resolve().parent.parent / "weights"
-
-
-def resolve_folder(path) -> Path:
-    """The checkpoint folder for `path` ("default" = the embedded model); checks it exists."""
-    if str(path) == "default":
-        folder = weights_dir() / DEFAULT_MODEL
-        if not (folder / "config.json").is_file():
-            raise CheckpointError(f"the embedded default model is not built yet ({folder} has no "
-                                  "config.json); pass --model PATH to a checkpoint folder")
-        return folder
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise CheckpointError(f"{folder}: no such folder; pass --model PATH to a downloaded "
-                              "checkpoint folder (see docs/models.md)")
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a folder; pass the checkpoint folder that holds config.json")
-    return folder
-
-
-def read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a checkpoint folder needs its config.json "
-                              "(download the whole model repository, see docs/models.md)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); re-download it") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path}: expected a JSON object; re-download it")
-    return cfg
-
-
-def model_spec(config: dict, where: str = "config.json", tokenizer: Tokenizer | None = None) -> ModelSpec:
+def model_spec(config: Mapping[str, Any], where: str = "config.json", family: str | None = None) -> ModelSpec:
     """The layout and shape that config.json describes (CheckpointError if unsupported)."""
-    layout = layout_of(config)
+    layout = catalog.layout_of(config)
     if layout is None:
         raise CheckpointError(
             f"{where}: model_type {config.get('model_type')!r} (architectures "
             f"{config.get('architectures')}) is not a supported diffusion layout; dllm runs "
-            f"model_type {', '.join(supported_model_types())} (see docs/models.md)")
+            f"model_type {', '.join(catalog.supported_model_types())} (see docs/models.md)")
+    family = family or catalog.family_of(config, layout, frozenset())
     try:
-        return LAYOUTS[layout].spec_from_config(config, where, family=guess_family(config, layout, tokenizer))
+        spec: ModelSpec = LAYOUTS[layout].spec_from_config(dict(config), where, family=family)
     except (TypeError, ValueError, ZeroDivisionError) as exc:  # e.g. "rope_theta": "big", "head_dim": "x"
         raise CheckpointError(f"{where}: a shape value has the wrong type ({exc}); fix config.json "
                               "or re-download it") from None
-
-
-def guess_family(config: dict, layout: str, tokenizer: Tokenizer | None) -> str:
-    """The checkpoint family (for recipes): config's "dllm_family" wins, else clues in the files."""
-    if isinstance(config.get("dllm_family"), str):
-        return config["dllm_family"]
-    if layout == "llada":
-        return "llada"
-    if str(config.get("model_type", "")).lower() == "qwen2":
-        return "open-dcoder"
-    has = (lambda t: tokenizer.token_to_id(t) is not None) if tokenizer else (lambda t: False)
-    if has("<|dlm_pad|>"):
-        return "diffucoder"
-    if has("<|expand|>"):
-        return "dreamon"
-    return "dream"
-
-
-# ---- device, dtype, memory ------------------------------------------------------------------
-
-def pick_device(device=None) -> torch.device:
-    """"auto" / None -> cuda, else mps, else cpu; an unavailable device is a UsageError."""
-    name = str(device or "auto")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _mps_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s); pick another")
-    if dev.type == "mps" and not _mps_available():
-        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return dev
-
-
-def _mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-
-
-def pick_dtype(dtype, device: torch.device) -> torch.dtype:
-    """A torch dtype from a dtype or a name; "auto" = bf16 on CUDA, fp16 on MPS, fp32 on CPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = str(dtype or "auto").lower().replace("torch.", "")
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16 if device.type == "mps" else torch.float32
-    if name not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not supported; use float32, bfloat16, float16 or auto")
-    return DTYPES[name]
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Free bytes on `device`; $DLLM_MEMORY_LIMIT overrides; None when unknown."""
-    env = os.environ.get("DLLM_MEMORY_LIMIT")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError:
-            raise UsageError(f"DLLM_MEMORY_LIMIT={env!r} is not a number of bytes") from None
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(spec: ModelSpec, dtype: torch.dtype, device: torch.device, where,
-                 memory_limit: int | None = None) -> int:
-    """Refuse (OutOfMemoryError) when params x bytes (+5%) exceed the free memory; returns bytes."""
-    need = int(spec.param_count() * torch.empty((), dtype=dtype).element_size() * 1.05)
-    free = memory_limit if memory_limit is not None else available_memory(device)
-    if free is not None and need > free:
-        gib = 2 ** 30
-        raise OutOfMemoryError(
-            f"{where}: the model needs about {need / gib:.1f} GiB as {str(dtype).replace('torch.', '')} "
-            f"but {device} has {free / gib:.1f} GiB free; use --dtype bfloat16, another --device, "
-            "or a smaller model")
-    return need
+    return spec
 
 
 # ---- weight files ---------------------------------------------------------------------------
@@ -290,7 +167,7 @@ _INITIALISERS = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "xa
 
 
 @contextmanager
-def _initialisers_skipped():
+def _initialisers_skipped() -> Iterator[None]:
     """torch.nn.init's in-place initialisers become no-ops: every tensor of a meta-built model
     is loaded afterwards, and on the meta device they import torch._dynamo (1-2 s of start-up)."""
     saved = {name: getattr(torch.nn.init, name) for name in _INITIALISERS}
@@ -303,7 +180,7 @@ def _initialisers_skipped():
             setattr(torch.nn.init, name, fn)
 
 
-def _unchanged(tensor, *args, **kwargs):
+def _unchanged(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     return tensor
 
 
@@ -351,36 +228,34 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 # ---- the public entry points -----------------------------------------------------------------
 
-def load_model(path="default", device="cpu", dtype=torch.float32, allow_pickle: bool = False,
-               memory_limit: int | None = None) -> DiffusionModel:
-    """Load a checkpoint folder (or "default", the embedded model) as a DiffusionModel.
+def load_model(path: str | os.PathLike[str] | Checkpoint = catalog.DEFAULT, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype = torch.float32, allow_pickle: bool = False,
+               memory_limit: int | None = None, tokenizer: Tokenizer | None = None) -> Model:
+    """Load a checkpoint folder (or "default", the embedded model; or an inspected Checkpoint).
 
     device: "cpu" | "cuda[:N]" | "mps" | "auto"; dtype: a torch dtype or its name ("auto"
     too). memory_limit (bytes) replaces the free-memory probe (tests; $DLLM_MEMORY_LIMIT).
+    tokenizer: the checkpoint's, when the caller has already read it.
     """
-    folder = resolve_folder(path)
-    config = read_config(folder)
+    ckpt = path if isinstance(path, Checkpoint) else catalog.inspect(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    where = folder / "config.json"
-    layout = layout_of(config)
-    tokenizer = Tokenizer.from_dir(folder, config) if layout else None
-    spec = model_spec(config, str(where), tokenizer)
-    files, kind = weight_files(folder, allow_pickle)
+    spec = model_spec(ckpt.config, str(ckpt.where), ckpt.family)
+    tokenizer = tokenizer or Tokenizer.from_checkpoint(ckpt)
+    files, kind = weight_files(ckpt.folder, allow_pickle)
     spec = _untie_if_head_present(spec, files, kind)
-    check_tokenizer(tokenizer, spec, folder)
-    check_memory(spec, dt, dev, folder, memory_limit)
-    model = build_on_meta(spec, dt)
-    load_weights(model, files, kind, dev, dt)
-    finish(model, tokenizer, config, folder)
-    return model
+    check_tokenizer(tokenizer, spec, ckpt.folder)
+    check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit)
+    net = build_on_meta(spec, dt)
+    load_weights(net, files, kind, dev, dt)
+    return Model(_frozen(net), tokenizer.special_tokens(), tokenizer, ckpt)
 
 
 def _untie_if_head_present(spec: ModelSpec, files: list[Path], kind: str) -> ModelSpec:
     """A tied config whose files still hold the head: use the stored head (no tensor unused)."""
     if not spec.tied or kind != "safetensors":
         return spec
-    head = HEAD_NAMES[spec.layout]
+    head = LAYOUTS[spec.layout].HEAD_NAME
     for path in files:
         if head in _SafetensorsFile(path, "cpu").keys():
             return replace(spec, tied=False)
@@ -395,48 +270,42 @@ def check_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, folder: Path) -> None
     if tokenizer.mask_token_id >= spec.vocab_size:
         raise TokenizerError(f"{folder / 'config.json'}: mask_token_id {tokenizer.mask_token_id} is "
                              f"outside the vocabulary ({spec.vocab_size}); fix config.json")
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = LLADA_CHAT_TEMPLATE if spec.layout == "llada" else (
-            CHATML_TEMPLATE if tokenizer.token_to_id("<|im_start|>") is not None else None)
 
 
-def finish(model: DiffusionModel, tokenizer: Tokenizer | None, config: dict, source) -> None:
-    """Attach tokenizer and special ids, freeze, eval mode; count parameters."""
-    n = sum(p.numel() for p in model.parameters())
-    model.spec = replace(model.spec, n_params=n)
-    model.requires_grad_(False).eval()
-    model.tokenizer = tokenizer
-    model.source = source
-    if tokenizer is not None:
-        model.mask_token_id, model.eos_token_id = tokenizer.mask_token_id, tokenizer.eos_token_id
-        model.pad_token_id, model.stop_token_ids = tokenizer.pad_token_id, tokenizer.stop_token_ids
-    else:
-        model.mask_token_id = int(config["mask_token_id"])
-        model.eos_token_id = int(config.get("eos_token_id", 0))
-        model.pad_token_id = int(config.get("pad_token_id", model.eos_token_id))
-        model.stop_token_ids = frozenset({model.eos_token_id})
+def _frozen(net: DiffusionModel) -> DiffusionModel:
+    """No gradients, eval mode; the spec records the parameter count."""
+    net.spec = replace(net.spec, n_params=sum(p.numel() for p in net.parameters()))
+    net.requires_grad_(False).eval()
+    return net
 
 
-def random_model(config: dict, *, device="cpu", dtype=torch.float32, tokenizer: Tokenizer | None = None,
-                 seed: int = 0) -> DiffusionModel:
+def config_tokens(config: Mapping[str, Any]) -> SpecialTokens:
+    """Special ids from config.json alone (random weights of a published shape, no tokenizer)."""
+    if "mask_token_id" not in config:
+        raise UsageError("random_model: the config needs mask_token_id (or pass a tokenizer)")
+    eos = int(config.get("eos_token_id", 0))
+    return SpecialTokens(mask=int(config["mask_token_id"]), eos=eos,
+                         pad=int(config.get("pad_token_id", eos)), stops=frozenset({eos}))
+
+
+def random_model(config: Mapping[str, Any], *, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32, tokenizer: Tokenizer | None = None,
+                 seed: int = 0) -> Model:
     """A model of any shape (e.g. PUBLISHED_SHAPES[...]) with random weights, built on `device`.
 
     Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text.
     """
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
-    spec = model_spec(config, "config", tokenizer)
-    if "mask_token_id" not in config and tokenizer is None:
-        raise UsageError("random_model: the config needs mask_token_id (or pass a tokenizer)")
-    model = build_on_meta(spec, dt).to_empty(device=dev)
+    tokens = tokenizer.special_tokens() if tokenizer is not None else config_tokens(config)
+    net = build_on_meta(model_spec(config, "config"), dt).to_empty(device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for name, p in net.named_parameters():
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 p.fill_(1.0)
             elif name.endswith(".bias"):
                 p.zero_()
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-    finish(model, tokenizer, config, None)
-    return model
+    return Model(_frozen(net), tokens, tokenizer, None)

@@ -1,5 +1,6 @@
-"""Loading checkpoint folders: layout choice, sharding, strictness, memory check, pickle refusal,
-the embedded default, and every user error (a one-line DllmError naming the file)."""
+"""engine/loader.py (with catalog.inspect and engine/device.py): loading checkpoint folders: layout
+choice, sharding, strictness, memory check, pickle refusal, the embedded default, and every user
+error (a one-line DllmError naming the file)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dllm_cli.checkpoint import load_model, pick_device, pick_dtype
+from dllm_cli.engine.device import pick_device, pick_dtype
+from dllm_cli.engine.loader import load_model
 from dllm_cli.errors import CheckpointError, DllmError, OutOfMemoryError, TokenizerError, UsageError
 from tiny import AUTO_MAP_MARKER, make_dream_checkpoint, make_llada_checkpoint
 
@@ -41,8 +43,9 @@ def test_contract_attributes(dream_ckpt, llada_ckpt):
         model = load_model(folder)
         tok = model.tokenizer
         assert model.spec.layout == layout and model.spec.shifted == (layout == "dream")
-        assert model.mask_token_id == tok.mask_token_id and model.eos_token_id == tok.eos_token_id
-        assert model.eos_token_id in model.stop_token_ids
+        assert model.tokens == tok.special_tokens() and model.tokens.mask == tok.mask_token_id
+        assert model.tokens.eos == tok.eos_token_id and model.tokens.eos in model.tokens.stops
+        assert model.checkpoint.folder == folder and model.checkpoint.layout == layout
         assert model.device == torch.device("cpu") and model.dtype == torch.float32
         assert model.spec.n_params == sum(p.numel() for p in model.parameters()) == model.spec.param_count()
         assert not any(p.requires_grad for p in model.parameters())
@@ -64,21 +67,21 @@ def test_sharded_equals_single(tmp_path, llada_ckpt):
 def test_tied_open_dcoder_like(dream_tied_ckpt):
     model = load_model(dream_tied_ckpt)
     assert model.spec.tied and model.spec.family == "open-dcoder"
-    assert not hasattr(model, "lm_head")
+    assert not hasattr(model.net, "lm_head")
 
 
 def test_tied_config_with_stored_head_uses_it(tmp_path):
     folder = make_dream_checkpoint(tmp_path)  # untied files...
     _edit_config(folder, tie_word_embeddings=True)  # ...under a tied config: every tensor is used
     model = load_model(folder)
-    assert not model.spec.tied and hasattr(model, "lm_head")
+    assert not model.spec.tied and hasattr(model.net, "lm_head")
 
 
 def test_family_clues(tmp_path):
     folder = make_dream_checkpoint(tmp_path, extra_tokens=("<|dlm_pad|>",))
     model = load_model(folder)
     assert model.spec.family == "diffucoder"
-    assert model.tokenizer.token_to_id("<|dlm_pad|>") in model.stop_token_ids
+    assert model.tokenizer.token_to_id("<|dlm_pad|>") in model.tokens.stops
 
 
 def test_bf16_and_fp16_files(tmp_path):
@@ -91,7 +94,7 @@ def test_bf16_and_fp16_files(tmp_path):
 def test_no_transformers_no_auto_map(dream_ckpt):
     """Loading imports neither transformers nor checkpoint code; tokenizer.py needs no torch."""
     code = ("import sys, dllm_cli.tokenizer; assert 'torch' not in sys.modules; "
-            "from dllm_cli.checkpoint import load_model; load_model(sys.argv[1]); "
+            "from dllm_cli.engine import load_model; load_model(sys.argv[1]); "
             "print('transformers' in sys.modules, 'torch._dynamo' in sys.modules)")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code, str(dream_ckpt)], capture_output=True, text=True,
@@ -243,7 +246,7 @@ def test_pickle_refused_unless_allowed(tmp_path, dream_ckpt):
 
 def test_default_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DLLM_WEIGHTS_DIR", str(tmp_path))
-    _raises(CheckpointError, lambda: load_model("default"), "default model is not built yet", "--model PATH")
+    _raises(CheckpointError, lambda: load_model("default"), "embedded default model is missing", "--model PATH")
     make_llada_checkpoint(tmp_path / "dllm-coder-mini")
     assert load_model("default").spec.layout == "llada"
 

@@ -7,46 +7,35 @@ Open-dCoder's p2 (path planning: every step re-samples the region and masks the 
 tokens again, so decoded tokens can be revised);
 Fast-dLLM threshold and factor decoding inside blocks; the block KV cache (prefix / dual, with
 the finished block's K/V written late instead of a full refresh); early stop once a committed
-stop token has only masks after it; an optional fixed suffix after the masks (anchored infilling). Talks to the model only through the contract in
-docs/architecture.md (aligned logits, `new_cache()`, `window=(s, e)`).
+stop token has only masks after it; an optional fixed suffix after the masks (anchored
+infilling). Talks to the model only through `engine.model.Denoiser` (aligned logits,
+`new_cache()`, `window=(s, e)`, `tokens`), the contract in docs/architecture.md.
 
 Must not: import rich/typer/git, decode text, or know which checkpoint layout the model has.
-Sources: ML-GSAI/LLaDA generate.py, DreamLM/Dream generation_utils.py, NVlabs/Fast-dLLM
-(described in /work/shared/design/samplers.md); docs/sampling.md explains every option.
+Sources: ML-GSAI/LLaDA generate.py, DreamLM/Dream generation_utils.py, NVlabs/Fast-dLLM,
+Open-dCoder's `_mdm_sample`; docs/sampling.md explains every option and cites them.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from .config import DREAM_ALGS, LLADA_ALGS, REMASK_ALGS, SamplerConfig
-from .errors import UsageError
+from ..config import DREAM_ALGS, LLADA_ALGS, REMASK_ALGS, SamplerConfig
+from ..errors import UsageError
+from ..events import DenoiseStep, SpecialTokens
+from .model import Denoiser
 
 CACHE_REFRESH = ("delayed", "block", "step")
 _ENTROPY_EPS = 1e-10  # Dream's sample_tokens: log(p + 1e-10)
 
 
-@dataclass(frozen=True)
-class DenoiseStep:
-    """One denoising step, in plain Python values (the renderer decodes, never the sampler)."""
-
-    index: int  # 0-based number of the step (steps the schedule gives no token are skipped)
-    tokens: list[int]  # len gen_length; model.mask_token_id where still masked
-    revealed: list[int]  # positions 0..gen_length-1 unmasked at this step, ascending
-    confidences: list[float]  # p(token) for each revealed position (0.0 for an early-stop fill)
-    forwards: int  # model forwards so far
-    elapsed: float  # seconds since denoise() was called
-    done: bool  # True on the last event
-    remasked: list[int] = field(default_factory=list)  # p2 only: decoded positions masked again
-
-
-def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, suffix_ids=None,
-            cache_refresh: str = "delayed", compile: bool = False) -> Iterator[DenoiseStep]:
+def denoise(model: Denoiser, prompt_ids: Sequence[int] | torch.Tensor, cfg: SamplerConfig | None = None, *,
+            suffix_ids: Sequence[int] | torch.Tensor | None = None, cache_refresh: str = "delayed",
+            compile: bool = False) -> Iterator[DenoiseStep]:
     """Denoise `cfg.gen_length` masks after `prompt_ids` (batch 1), yielding a DenoiseStep per step.
 
     suffix_ids: tokens after the masks (anchored infilling, `dllm_cli.infill`): they stay fixed
@@ -61,12 +50,12 @@ def denoise(model, prompt_ids, cfg: SamplerConfig | None = None, *, suffix_ids=N
     cfg = cfg if cfg is not None else SamplerConfig()
     if cache_refresh not in CACHE_REFRESH:
         raise UsageError(f"unknown cache refresh {cache_refresh!r}; choose one of {', '.join(CACHE_REFRESH)}")
-    prompt = _prompt_tensor(prompt_ids, model)
-    suffix = _prompt_tensor(suffix_ids, model, "suffix") if suffix_ids is not None and len(suffix_ids) else None
+    prompt = prompt_tensor(prompt_ids, model)
+    suffix = prompt_tensor(suffix_ids, model, "suffix") if suffix_ids is not None and len(suffix_ids) else None
     return _steps(model, prompt, suffix, cfg, cache_refresh, compile, start)
 
 
-def cut_at_stop(tokens: Sequence[int], stop_token_ids) -> list[int]:
+def cut_at_stop(tokens: Sequence[int], stop_token_ids: Iterable[int]) -> list[int]:
     """The answer: `tokens` up to (not including) the first stop token."""
     stops = set(stop_token_ids)
     for i, t in enumerate(tokens):
@@ -112,12 +101,13 @@ def block_steps(cfg: SamplerConfig) -> list[int]:
 
 # ---- the loop ------------------------------------------------------------------------------
 
-def _prompt_tensor(prompt_ids, model, what: str = "prompt") -> torch.Tensor:
+def prompt_tensor(prompt_ids: Sequence[int] | torch.Tensor, model: Denoiser, what: str = "prompt") -> torch.Tensor:
+    """The ids as a 1-D long tensor on the model's device; UsageError if empty or holding a mask."""
     ids = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(-1).to(model.device)
     if ids.numel() == 0:
         raise UsageError(f"the {what} is empty; give denoise() at least one token id")
-    if bool((ids == model.mask_token_id).any()):
-        raise UsageError(f"the {what} contains the mask token id {model.mask_token_id}; "
+    if bool((ids == model.tokens.mask).any()):
+        raise UsageError(f"the {what} contains the mask token id {model.tokens.mask}; "
                          "remove it (masks are for the generated region only)")
     return ids
 
@@ -125,8 +115,8 @@ def _prompt_tensor(prompt_ids, model, what: str = "prompt") -> torch.Tensor:
 class _Canvas:
     """The device canvas (1, P + gen_length + S) and its host copy of the generated region."""
 
-    def __init__(self, model, prompt: torch.Tensor, gen_length: int, suffix: torch.Tensor | None = None):
-        self.mask, self.P, self.N = model.mask_token_id, prompt.numel(), gen_length
+    def __init__(self, model: Denoiser, prompt: torch.Tensor, gen_length: int, suffix: torch.Tensor | None = None):
+        self.mask, self.P, self.N = model.tokens.mask, prompt.numel(), gen_length
         S = 0 if suffix is None else suffix.numel()
         self.x = torch.full((1, self.P + gen_length + S), self.mask, dtype=torch.long, device=prompt.device)
         self.x[0, :self.P] = prompt
@@ -142,7 +132,8 @@ class _Canvas:
         return self.tokens.count(self.mask)
 
 
-def _generator(device, seed: int | None) -> torch.Generator:
+def generator(device: torch.device, seed: int | None) -> torch.Generator:
+    """A generator on `device`: seeded, or from fresh entropy when seed is None."""
     gen = torch.Generator(device=device)
     if seed is not None:
         gen.manual_seed(seed)
@@ -151,14 +142,14 @@ def _generator(device, seed: int | None) -> torch.Generator:
     return gen
 
 
-def _steps(model, prompt, suffix, cfg: SamplerConfig, refresh: str, compile: bool,
-           start: float) -> Iterator[DenoiseStep]:
+def _steps(model: Denoiser, prompt: torch.Tensor, suffix: torch.Tensor | None, cfg: SamplerConfig,
+           refresh: str, compile: bool, start: float) -> Iterator[DenoiseStep]:
     canvas = _Canvas(model, prompt, cfg.gen_length, suffix)
     if cfg.alg in REMASK_ALGS:
         yield from _p2_steps(model, canvas, cfg, _logits_fn(model, compile), start)
         return
     fwd = _Forwarder(model, cfg, refresh, canvas.P, compile)
-    gen = _generator(canvas.x.device, cfg.seed)
+    gen = generator(canvas.x.device, cfg.seed)
     index = 0
     for b, n_steps in enumerate(block_steps(cfg)):
         bs = canvas.P + b * cfg.block
@@ -175,9 +166,9 @@ def _steps(model, prompt, suffix, cfg: SamplerConfig, refresh: str, compile: boo
                 continue
             revealed, probs = step
             if cfg.early_stop:
-                fill = _early_stop_fill(canvas.tokens, canvas.mask, model.stop_token_ids)
+                fill = _early_stop_fill(canvas.tokens, canvas.mask, model.tokens.stops)
                 for pos in fill:
-                    canvas.tokens[pos] = model.eos_token_id
+                    canvas.tokens[pos] = model.tokens.eos
                 revealed, probs = _merge(revealed, probs, fill)
             done = canvas.masks_left() == 0
             yield DenoiseStep(index, list(canvas.tokens), revealed, probs, fwd.count,
@@ -194,12 +185,13 @@ def p2_masked(n: int, i: int, steps: int) -> int:
     return int(torch.tensor(float(n)) * (1 - (i + 1) / steps))
 
 
-def _p2_steps(model, canvas: _Canvas, cfg: SamplerConfig, call, start: float) -> Iterator[DenoiseStep]:
+def _p2_steps(model: Denoiser, canvas: _Canvas, cfg: SamplerConfig, call: Callable[..., torch.Tensor],
+              start: float) -> Iterator[DenoiseStep]:
     """Path planning (Open-dCoder's "p2"): each step runs the full canvas, samples every position
     of the region (Dream's sample_tokens: temperature, top_p, top_k; confidence p(x0)), then masks
     the p2_masked(...) least confident positions, decoded ones included; masked positions outside
     that set take their sample, decoded ones keep their token. No cache, blocks or early stop."""
-    gen = _generator(canvas.x.device, cfg.seed)
+    gen = generator(canvas.x.device, cfg.seed)
     P, N, mask = canvas.P, canvas.N, canvas.mask
     steps = cfg.total_steps
     for i in range(steps):
@@ -208,7 +200,7 @@ def _p2_steps(model, canvas: _Canvas, cfg: SamplerConfig, call, start: float) ->
         if not bool(masked.any()):  # the official loop stops once nothing is masked
             break
         lg = call(canvas.x)[0, P:P + N].float()  # (N, V)
-        x0, prob, conf = _dream_propose(lg, cfg, model, gen)
+        x0, prob, conf = dream_propose(lg, cfg, model.tokens.mask, gen)
         k = p2_masked(N, i, steps)
         again = torch.zeros(N, dtype=torch.bool, device=region.device)
         again[torch.argsort(conf, stable=True)[:k]] = True  # ascending: least confident first
@@ -236,7 +228,7 @@ def _step(model, cfg, canvas, fwd, gen, rows, bs, be, i, n_steps, counts, ts):
     logits = fwd.logits(canvas.x, bs, be)  # (B, L, V)
     lg = _guided(logits, local, cfg.cfg_scale)  # (M, V) fp32
     if cfg.logits_eos_inf:
-        lg[:, model.eos_token_id] = -torch.inf
+        lg[:, model.tokens.eos] = -torch.inf
     accept, x0, prob = _decide(lg, cfg, model, gen, k, i, n_steps, ts, rows, canvas.x.shape[1])
     canvas.x[0, local + bs] = torch.where(accept, x0, torch.full_like(x0, canvas.mask))
     flags, toks, ps = torch.stack([accept.double(), x0.double(), prob.double()]).tolist()  # the one sync
@@ -276,17 +268,17 @@ def _decide(lg, cfg, model, gen, k, i, n_steps, ts, rows, canvas_len):
     if cfg.alg == "origin" and cfg.parallel is None:
         p_transfer = 1 - ts[i + 1] / ts[i] if i < n_steps - 1 else 1
         move = torch.rand(M, generator=gen, device=lg.device) < p_transfer  # drawn first, as Dream
-        x0, prob, _ = _dream_propose(lg, cfg, model, gen)
+        x0, prob, _ = dream_propose(lg, cfg, model.tokens.mask, gen)
         return move, x0, prob
     if cfg.alg in LLADA_ALGS:
-        x0, prob, prio = _llada_propose(lg, cfg, model, gen)
+        x0, prob, prio = _llada_propose(lg, cfg, model.tokens, gen)
         if cfg.alg == "random" and cfg.parallel is None:
             u = torch.rand((1, canvas_len), generator=gen, device=lg.device)  # (1, T) as LLaDA draws it
             prio = u[0, torch.tensor(rows, device=lg.device)]
         elif cfg.alg == "random":
             prio = prob
     else:
-        x0, prob, prio = _dream_propose(lg, cfg, model, gen)
+        x0, prob, prio = dream_propose(lg, cfg, model.tokens.mask, gen)
         if cfg.parallel:
             prio = prob
     if cfg.parallel is not None:
@@ -299,9 +291,10 @@ def _decide(lg, cfg, model, gen, k, i, n_steps, ts, rows, canvas_len):
     return accept, x0, prob
 
 
-def _llada_propose(lg, cfg, model, gen):
+def _llada_propose(lg: torch.Tensor, cfg: SamplerConfig, tokens: SpecialTokens,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x0 by argmax (T = 0) or fp64 Gumbel-max; p(x0) untempered; ranking per LLaDA."""
-    pick = _without_mask(lg, model.mask_token_id)
+    pick = _without_mask(lg, tokens.mask)
     if cfg.temperature > 0:
         u = torch.rand(lg.shape, generator=gen, device=lg.device, dtype=torch.float64)
         # fp64: low-precision Gumbel hurts. argmax(exp(l)/(-log u)^T) == argmax(l - T·log(-log u))
@@ -313,14 +306,14 @@ def _llada_propose(lg, cfg, model, gen):
         return x0, prob, prob
     # LLaDA sets the eos/eot logits to -inf after choosing x0 and then takes softmax(logits)[x0]:
     # eos-like picks get p = 0 and the other rows renormalise. At T > 0 only eot is hit there.
-    hit = sorted(model.stop_token_ids if cfg.temperature == 0
-                 else set(model.stop_token_ids) - {model.eos_token_id})
+    hit = sorted(tokens.stops if cfg.temperature == 0 else set(tokens.stops) - {tokens.eos})
     cut = lg.clone()
     cut[:, hit] = -torch.inf
     return x0, prob, torch.softmax(cut, dim=-1).gather(-1, x0[:, None])[:, 0]
 
 
-def _dream_propose(lg, cfg, model, gen):
+def dream_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dream's sample_tokens on (M, V) logits -> x0, p(x0), the alg's confidence."""
     logits = lg / cfg.temperature if cfg.temperature > 0 else lg
     if cfg.top_p is not None and cfg.top_p < 1:
@@ -329,12 +322,12 @@ def _dream_propose(lg, cfg, model, gen):
         logits = _top_k(logits, cfg.top_k)
     probs = torch.softmax(logits, dim=-1)
     if cfg.temperature > 0:
-        w = _without_mask(probs, model.mask_token_id, 0.0)
+        w = _without_mask(probs, mask_id, 0.0)
         dead = w.sum(-1, keepdim=True) <= 0  # only the mask survived top-p/top-k (random weights)
-        w = torch.where(dead, _without_mask(torch.ones_like(w), model.mask_token_id, 0.0), w)
+        w = torch.where(dead, _without_mask(torch.ones_like(w), mask_id, 0.0), w)
         x0 = torch.multinomial(w, 1, generator=gen)[:, 0]
     else:
-        x0 = torch.argmax(_without_mask(probs, model.mask_token_id, -1.0), dim=-1)
+        x0 = torch.argmax(_without_mask(probs, mask_id, -1.0), dim=-1)
     prob = probs.gather(-1, x0[:, None])[:, 0]
     if cfg.alg == "topk_margin":
         top2 = probs.topk(2, dim=-1).values
@@ -382,7 +375,7 @@ def _parallel_accept(prio: torch.Tensor, cfg: SamplerConfig, k_min: int) -> torc
     return torch.zeros_like(take).scatter(0, order, take)
 
 
-def _early_stop_fill(tokens: list[int], mask: int, stop_ids) -> list[int]:
+def _early_stop_fill(tokens: list[int], mask: int, stop_ids: frozenset[int]) -> list[int]:
     """Positions to fill with eos once every mask lies after a committed stop token, else []."""
     first = next((i for i, t in enumerate(tokens) if t in stop_ids), None)
     if first is None or mask in tokens[:first]:
@@ -408,7 +401,7 @@ class _Forwarder:
     is always a full pass that writes every K/V (and decodes the first step).
     """
 
-    def __init__(self, model, cfg: SamplerConfig, refresh: str, prompt_len: int, compile: bool):
+    def __init__(self, model: Denoiser, cfg: SamplerConfig, refresh: str, prompt_len: int, compile: bool):
         self.model, self.mode, self.refresh = model, cfg.cache, refresh
         self.cfg_scale, self.P = cfg.cfg_scale, prompt_len
         self.call = _logits_fn(model, compile)
@@ -442,11 +435,11 @@ class _Forwarder:
         if self.cfg_scale <= 0:
             return x
         un = x.clone()
-        un[:, :self.P] = self.model.mask_token_id  # unconditional copy: prompt masked
+        un[:, :self.P] = self.model.tokens.mask  # unconditional copy: prompt masked
         return torch.cat([x, un], dim=0)  # (2, T)
 
 
-def _logits_fn(model, compile: bool):
+def _logits_fn(model: Denoiser, compile: bool) -> Callable[..., torch.Tensor]:
     """model.logits, or its torch.compile'd version on CUDA when asked (GPU-only, see docs)."""
     if compile and torch.device(model.device).type == "cuda":
         return torch.compile(model.logits)  # shapes: full canvas, block, 2 blocks (prefix: shrinking)

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
 
+HEAD_NAME = "lm_head.weight"  # the untied LM head
 MODEL_TYPES = ("dream", "qwen2")
 ARCHITECTURES = ("DreamModel", "Qwen2ForCausalLM", "Qwen2Model")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dllm_cli.checkpoint import PUBLISHED_SHAPES, load_model, model_spec, random_model
-from dllm_cli.models.llada import llama_name
+from dllm_cli.engine.loader import PUBLISHED_SHAPES, load_model, model_spec, random_model
+from dllm_cli.engine.layouts.llada import llama_name
 from tiny import make_dream_checkpoint, make_llada_checkpoint
 
 TOL = 1e-4
@@ -167,7 +167,7 @@ def test_padding_is_invisible(dream_ckpt):
     """Padded keys do not change real positions' logits (left padding, Dream positions)."""
     model = load_model(dream_ckpt)
     ids = _ids(model, B=1, T=8)
-    pad = torch.full((1, 3), model.pad_token_id)
+    pad = torch.full((1, 3), model.tokens.pad)
     padded = torch.cat([pad, ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)], 1)
     alone, with_pad = model.logits(ids), model.logits(padded, attention_mask=mask)
@@ -251,18 +251,18 @@ def test_random_model_small_shape():
                num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, vocab_size=512,
                mask_token_id=500, eos_token_id=1)
     model = random_model(cfg, device="cpu", dtype=torch.float32, seed=3)
-    assert model.spec.tied and model.mask_token_id == 500 and model.tokenizer is None
+    assert model.spec.tied and model.tokens.mask == 500 and model.tokenizer is None
     out = model.logits(torch.randint(0, 512, (1, 16)))
     assert out.shape == (1, 16, 512) and torch.isfinite(out).all()
     again = random_model(cfg, device="cpu", dtype=torch.float32, seed=3)
-    assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert torch.equal(again.net.model.embed_tokens.weight, model.net.model.embed_tokens.weight)
 
 
 def test_logits_are_plain_tensors(dream_ckpt):
     """Samplers edit logits in place (e.g. eos to -inf): no inference-mode tensors, no grad."""
     model = load_model(dream_ckpt)
     out = model.logits(_ids(model))
-    out[:, :, model.eos_token_id] = -torch.inf
+    out[:, :, model.tokens.eos] = -torch.inf
     assert not out.requires_grad
 
 
@@ -271,6 +271,6 @@ def test_param_count_with_explicit_head_dim():
     cfg = dict(PUBLISHED_SHAPES["dream-7b"], num_hidden_layers=1, hidden_size=64, num_attention_heads=4,
                num_key_value_heads=2, head_dim=32, intermediate_size=96, vocab_size=256, mask_token_id=250)
     model = random_model(cfg, device="cpu", dtype=torch.float32)
-    assert model.model.layers[0].self_attn.q_proj.weight.shape == (128, 64)
+    assert model.net.model.layers[0].self_attn.q_proj.weight.shape == (128, 64)
     assert model.spec.n_params == model.spec.param_count()
     assert model.logits(torch.randint(0, 250, (1, 8))).shape == (1, 8, 256)

@@ -1,11 +1,13 @@
-"""Blocks shared by both layouts: RMSNorm, RoPE, bidirectional attention, SwiGLU, the block
-KV cache, the `DiffusionModel` base class whose `logits` every sampler calls, and
+"""Blocks shared by the layouts: RMSNorm, RoPE, bidirectional attention, SwiGLU, the block
+KV cache, the `DiffusionModel` base class (the network: `logits`, `hidden`, `head`), and
 `config_int` (a checked config.json value) for the layouts' spec_from_config.
 
 Knows: the maths of a LLaMA-like block with fully bidirectional attention (the only mask is
 padding), the alignment rule (returned logits index i score token i; shifted layouts are
 realigned here), and the windowed forward over a KV cache. Must not: read files, sample,
-or know tensor names (each layout module names its own parameters).
+know tensor names (each layout module names its own parameters), or know token ids (the
+`engine.model.Model` handle carries them). Gradients flow (training uses the same network);
+inference goes through the handle, which runs it under no_grad.
 
 The forward is the hot path: no host syncs, no Python loops over tokens.
 """
@@ -13,12 +15,13 @@ The forward is the hot path: no host syncs, no Python loops over tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 # enable_gqa (torch >= 2.5) lets SDPA share KV heads without copying them.
 _SDPA_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 5)
@@ -175,23 +178,16 @@ def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> 
 
 
 class DiffusionModel(nn.Module):
-    """A masked-diffusion LM: `logits(ids)` returns aligned logits (index i scores token i).
+    """A masked-diffusion network: `logits(ids)` returns aligned logits (index i scores token i).
 
     Subclasses build the parameters under their checkpoint's names and implement
-    `embed(ids)`, `blocks` (an iterable of modules called as block(x, ctx, layer)),
-    `final_norm(x)` and `head(x)`. Attributes filled by the loader: tokenizer,
-    mask_token_id, eos_token_id, stop_token_ids, source (the folder or None).
+    `embed(ids)`, `layers()` (modules called as block(x, spec, ctx, layer)), `final_norm(x)`,
+    `head(x)` and `embed_weight()`.
     """
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.tokenizer = None
-        self.mask_token_id: int = -1
-        self.eos_token_id: int = -1
-        self.pad_token_id: int | None = None
-        self.stop_token_ids: frozenset[int] = frozenset()
-        self.source = None
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # not a buffer: .to(dtype) must not cast it
 
     # ---- for subclasses -----------------------------------------------------------------
@@ -199,7 +195,7 @@ class DiffusionModel(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def layers(self):
+    def layers(self) -> Iterable[nn.Module]:
         raise NotImplementedError
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,11 +227,6 @@ class DiffusionModel(nn.Module):
     def embed_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def new_cache(self) -> KVCache:
-        """An empty block KV cache for this model (filled by logits(ids, cache=c))."""
-        return KVCache(self.spec.num_layers)
-
-    @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                cache: KVCache | None = None, window: tuple[int, int] | None = None) -> torch.Tensor:
         """ids (B, T) -> aligned logits (B, T, V), or (B, e-s, V) for window=(s, e).
@@ -253,17 +244,26 @@ class DiffusionModel(nn.Module):
             if not 0 <= s < e <= T:
                 raise ValueError(f"window=({s}, {e}) is outside the canvas of {T} positions")
         qs = s - 1 if self.spec.shifted and s > 0 else s  # shifted: position s-1 scores token s
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        pos = self.positions(ids, attention_mask)[..., qs:e]
-        cos, sin = rope_cos_sin(pos, self.inv_freq(ids.device))
-        ctx = ForwardContext(cos, sin, key_mask, cache, qs, full=window is None)
-        x = self.embed(ids[:, qs:e])
-        for i, block in enumerate(self.layers()):
-            x = block(x, self.spec, ctx, i)
-        x = self.final_norm(x)
+        x = self._states(ids, attention_mask, cache, qs, e, full=window is None)
         if self.spec.shifted:  # (B, t, h): the hidden state of position i-1 scores token i
             x = x[:, :-1] if qs < s else torch.cat((x[:, :1], x[:, :-1]), dim=1)
         return self.head(x)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> the final normed hidden states (B, T, hidden), unshifted: for a shifted
+        layout, position i-1 scores token i (training scores only the masked positions)."""
+        return self._states(ids, None, None, 0, ids.shape[1], full=True)
+
+    def _states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache | None,
+                qs: int, e: int, full: bool) -> torch.Tensor:
+        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        pos = self.positions(ids, attention_mask)[..., qs:e]
+        cos, sin = rope_cos_sin(pos, self.inv_freq(ids.device))
+        ctx = ForwardContext(cos, sin, key_mask, cache, qs, full=full)
+        x = self.embed(ids[:, qs:e])
+        for i, block in enumerate(self.layers()):
+            x = block(x, self.spec, ctx, i)
+        return self.final_norm(x)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.logits(ids, attention_mask)

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
 
+HEAD_NAME = "model.transformer.ff_out.weight"  # the untied LM head
 MODEL_TYPES = ("llada",)
 ARCHITECTURES = ("LLaDAModelLM",)
 

@@ -11,12 +11,14 @@ Expansion is blocked (its logit −1e9) once the canvas has `max_length` tokens 
 budget is spent. The loop ends when no mask is left, or after 2·max_gen_len + 2·budget steps
 (then masks may remain, as in the official code).
 
-Lengths as in the official code (DreamLM/DreamOn `eval/generator.py`, described in
-/work/shared/design/samplers.md): `cfg.gen_length` is `max_new_tokens`, which counts the initial
+Lengths as in the official code (DreamLM/DreamOn `eval/generator.py`, see docs/sampling.md): `cfg.gen_length` is `max_new_tokens`, which counts the initial
 masks, so max_length = len(canvas) − initial masks + gen_length; max_gen_len = max_length −
 len(bos + prefix); the expansion budget defaults to 2·max_gen_len. The official loop pads the
 canvas to max_length and masks the padding out of attention; running the model on the live
 canvas alone is the same computation (right padding leaves positions 0..L−1 unchanged).
+
+The expand and delete ids come from the model's `SpecialTokens` (the tokenizer resolves them:
+`<|delete|>` when the vocabulary has one, else eos).
 
 Must not: import rich/typer/git or decode text. Step events carry the middle as it is now, so
 `tokens` changes length from step to step (unlike `sampler.denoise`).
@@ -29,26 +31,13 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .config import DREAM_ALGS, SamplerConfig
-from .errors import UsageError
-from .sampler import DenoiseStep, _dream_propose, _generator, _prompt_tensor
+from ..config import DREAM_ALGS, SamplerConfig
+from ..errors import UsageError
+from ..events import DenoiseStep
+from .model import Denoiser
+from .sampler import dream_propose, generator, prompt_tensor
 
-EXPAND_TOKEN, DELETE_TOKEN = "<|expand|>", "<|delete|>"
 CONFIDENCE_ALGS = tuple(a for a in DREAM_ALGS if a != "origin")  # the algs that rank positions
-
-
-def expand_token_id(model) -> int | None:
-    """The id of `<|expand|>` in the model's tokenizer (a DreamOn checkpoint), else None."""
-    tok = getattr(model, "tokenizer", None)
-    return tok.token_to_id(EXPAND_TOKEN) if tok is not None else None
-
-
-def delete_token_id(model) -> int:
-    """The token whose commit deletes its position: `<|delete|>` when the tokenizer has one,
-    else eos (the official generation config names it; we could not read it offline)."""
-    tok = getattr(model, "tokenizer", None)
-    found = tok.token_to_id(DELETE_TOKEN) if tok is not None else None
-    return model.eos_token_id if found is None else found
 
 
 def dreamon_sampler(cfg: SamplerConfig) -> SamplerConfig:
@@ -58,27 +47,30 @@ def dreamon_sampler(cfg: SamplerConfig) -> SamplerConfig:
     return cfg.with_(alg="entropy")
 
 
-def denoise_dreamon(model, prefix_ids: Sequence[int], suffix_ids: Sequence[int], cfg: SamplerConfig,
-                    *, expand_id: int, delete_id: int | None = None, initial_masks: int = 4,
+def denoise_dreamon(model: Denoiser, prefix_ids: Sequence[int], suffix_ids: Sequence[int],
+                    cfg: SamplerConfig, *, initial_masks: int = 4,
                     expand_budget: int | None = None) -> Iterator[DenoiseStep]:
     """Fill the middle between `prefix_ids` (bos included when the model wants one) and
     `suffix_ids` (the closing eos included), starting from `initial_masks` masks, yielding one
     event per step; the last has done=True and the final middle in `tokens`."""
     start = time.perf_counter()
+    expand_id = model.tokens.expand
+    if expand_id is None:
+        raise UsageError("DreamOn infilling needs an <|expand|> token; this model has none")
+    delete_id = model.tokens.eos if model.tokens.delete is None else model.tokens.delete
     if cfg.alg not in CONFIDENCE_ALGS:
         raise UsageError(f"DreamOn infilling ranks positions by confidence: use --alg maskgit_plus, "
                          f"topk_margin or entropy (not {cfg.alg})")
     if not 1 <= initial_masks <= cfg.gen_length:
         raise UsageError(f"initial masks ({initial_masks}) must be between 1 and --gen-length ({cfg.gen_length})")
-    mask = model.mask_token_id
-    delete_id = model.eos_token_id if delete_id is None else delete_id
-    prefix, suffix = _prompt_tensor(prefix_ids, model, "prefix"), _prompt_tensor(suffix_ids, model, "suffix")
+    mask = model.tokens.mask
+    prefix, suffix = prompt_tensor(prefix_ids, model, "prefix"), prompt_tensor(suffix_ids, model, "suffix")
     P = prefix.numel()
     x = torch.cat([prefix, prefix.new_full((initial_masks,), mask), suffix])
     max_length = x.numel() - initial_masks + cfg.gen_length
     max_gen_len = max_length - P
     budget = 2 * max_gen_len if expand_budget is None else expand_budget
-    gen = _generator(x.device, cfg.seed)
+    gen = generator(x.device, cfg.seed)
     n = initial_masks  # the middle's length
     rounds = 2 * max_gen_len + 2 * budget
     for i in range(rounds):
@@ -89,7 +81,7 @@ def denoise_dreamon(model, prefix_ids: Sequence[int], suffix_ids: Sequence[int],
         lg = model.logits(x[None])[0, rows].float()  # aligned logits (the Dream shift is inside)
         if x.numel() == max_length or budget == 0:
             lg[:, expand_id] -= 1e9
-        x0, prob, conf = _dream_propose(lg, cfg, model, gen)
+        x0, prob, conf = dream_propose(lg, cfg, mask, gen)
         if cfg.alg_temp:
             pick = torch.multinomial(torch.softmax(conf / cfg.alg_temp, dim=-1), 1, generator=gen)[0]
         else:

@@ -1,0 +1,72 @@
+"""The Backend contract: what produces a generation, local engine or remote endpoint.
+
+Knows: the `Request` (what the model is asked: the encoded prompt and, for anchored infilling,
+the encoded suffix; plus their text forms for backends that take text), the events a backend
+yields (`DenoiseStep`s while it works, then exactly one `Generation`), and how to open the local
+engine without importing torch before it is needed. Must not: import torch at module level,
+draw on a terminal, or know what happens to the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Union
+
+from .config import SamplerConfig
+from .events import DenoiseStep, Generation, SpecialTokens
+from .prompt import Message
+
+if TYPE_CHECKING:
+    from .catalog import Checkpoint
+    from .tokenizer import Tokenizer
+
+Event = Union[DenoiseStep, Generation]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation to run. Chat mode: `prompt_ids` is the chat-templated prompt (`messages` its
+    text). Infill mode: the canvas of `cfg.gen_length` masks sits between `prompt_ids` and
+    `suffix_ids` (`prefix` / `suffix` their text)."""
+
+    prompt_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...] | None = None
+    messages: tuple[Message, ...] = ()
+    prefix: str = ""
+    suffix: str = ""
+
+    @property
+    def infill(self) -> bool:
+        return self.suffix_ids is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.suffix_ids or ())
+
+
+class Backend(Protocol):
+    """generate(request, cfg) yields DenoiseStep events, then one Generation (the answer)."""
+
+    name: str
+    tokens: SpecialTokens  # the ids the steps' tokens use (the live view draws masks with it)
+
+    def token_text(self, token_id: int) -> str:
+        """How one token id prints (for drawing a canvas that still has masks)."""
+        ...
+
+    def generate(self, request: Request, cfg: SamplerConfig) -> Iterator[Event]: ...
+
+
+def open_local(ckpt: "Checkpoint", device: str, dtype: str, tokenizer: "Tokenizer | None" = None,
+               describe: Callable[[str], None] | None = None) -> Backend:
+    """Load the checkpoint onto `device` in `dtype` ("auto" allowed) as a local Backend (torch is
+    imported here). `describe` hears "name (dtype) on device" once both are chosen."""
+    from .engine.device import dtype_name, pick_device, pick_dtype
+    from .engine.local import LocalBackend
+    from .engine.loader import load_model
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    if describe is not None:
+        describe(f"{ckpt.name} ({dtype_name(dt)}) on {dev}")
+    return LocalBackend(load_model(ckpt, device=dev, dtype=dt, tokenizer=tokenizer))

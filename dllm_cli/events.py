@@ -1,0 +1,75 @@
+"""The plain values that cross dllm's seams: special token ids, denoising step events, the
+finished generation.
+
+Knows: what a step of denoising reports and what a finished generation is, in plain Python
+values (ints, lists, floats). Must not: import torch, decode text, or know which backend or
+checkpoint produced them. Every other module may import this one; it imports nothing of dllm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The ids a sampler and a decoder need (resolved from the checkpoint's files once).
+
+    `stops`: eos plus the eos-like ids that end an answer (eot, im_end, dlm_pad);
+    `expand` / `delete`: DreamOn's variable-length tokens (`expand` None: not a DreamOn model).
+    """
+
+    mask: int
+    eos: int
+    pad: int | None = None
+    bos: int | None = None
+    stops: frozenset[int] = frozenset()
+    expand: int | None = None
+    delete: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.eos not in self.stops:
+            object.__setattr__(self, "stops", frozenset(self.stops | {self.eos}))
+
+
+@dataclass(frozen=True)
+class DenoiseStep:
+    """One denoising step (the renderer decodes, never the sampler).
+
+    `tokens` is the generated region as it is now (`SpecialTokens.mask` where still masked); its
+    length is gen_length, except in DreamOn's loop where the region grows and shrinks.
+    Positions are 0-based offsets into `tokens`.
+    """
+
+    index: int  # 0-based number of the step (steps the schedule gives no token are skipped)
+    tokens: list[int]
+    revealed: list[int]  # positions unmasked at this step, ascending
+    confidences: list[float]  # p(token) for each revealed position (0.0 for an early-stop fill)
+    forwards: int  # model forwards so far
+    elapsed: float  # seconds since denoising started
+    done: bool  # True on the last event
+    remasked: list[int] = field(default_factory=list)  # decoded positions masked again (p2)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A finished generation: the answer text and what it cost."""
+
+    text: str  # the decoded answer, cut at the first stop token, special tokens dropped
+    gen_tokens: int  # tokens in the answer (before the first stop token)
+    steps: int
+    forwards: int
+    seconds: float  # denoising time (model load excluded)
+    prompt_tokens: int = 0  # tokens the model saw besides the canvas (prompt, or prefix + suffix)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Answer tokens per second of denoising: the one tok/s figure dllm reports."""
+        return self.gen_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def combined(cls, parts: list["Generation"], text: str) -> "Generation":
+        """Several generations of one run (infill regions) as one: sums, with `text`."""
+        return cls(text, sum(g.gen_tokens for g in parts), sum(g.steps for g in parts),
+                   sum(g.forwards for g in parts), sum(g.seconds for g in parts),
+                   sum(g.prompt_tokens for g in parts))

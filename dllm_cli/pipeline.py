@@ -1,0 +1,215 @@
+"""`dllm code`, start to finish, as one readable pipeline; the CLI only parses options into a
+`CodeOptions` and calls `code(opts, ui)`.
+
+    inspect the checkpoint → tokenizer → the infill plan (stub bodies the task names) →
+    [--show-context: list and stop] → load the backend → chat mode: gather files → measure the
+    templated prompt → generate (live) → parse edits; infill mode: each region's canvas between
+    its prefix and suffix → generate (live) → the rewritten files → review → --json report
+
+Knows: the order of the steps and which module does each; the two modes' rules (in infill mode
+the model sees only the file around the region, never the prompt's wording or piped stdin).
+Must not: import torch (the backend does, when it loads), parse options, or catch errors for
+the user (cli.py's edge does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import catalog, generate, infill
+from .backend import Backend, Request, open_local
+from .catalog import Checkpoint
+from .config import SamplerConfig
+from .context import Tree, gather, named_files, source_files
+from .edits import Edit
+from .errors import DllmError, PatchError, UsageError
+from .events import Generation
+from .prompt import ChatPrompt, encode_chat, file_budget
+from .report import CodeReport, ContextReport, InfillContextReport, RegionRow
+from .review import Outcome, ReviewOptions, review_edits, review_output
+from .tokenizer import Tokenizer
+from .ui import Ui
+
+
+@dataclass(frozen=True)
+class CodeOptions:
+    """Everything `dllm code` was asked, already validated (the CLI builds it; so can Python)."""
+
+    task: str
+    paths: tuple[str, ...] = ()
+    stdin_text: str | None = None
+    notes: tuple[str, ...] = ()  # what the user should know about the input (stdin was cut)
+    model: str | None = None  # checkpoint folder; None: the embedded default
+    device: str = "auto"
+    dtype: str = "auto"
+    cfg: SamplerConfig = field(default_factory=SamplerConfig)
+    infill: bool | None = None  # True: --infill, False: --no-infill, None: when there are stubs
+    show_context: bool = False
+    review: ReviewOptions = field(default_factory=ReviewOptions)
+
+
+def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | None = None) -> None:
+    """Run `dllm code`. `backend`: an already open one (a test's scripted model, a server);
+    None loads the checkpoint `opts.model` names."""
+    ckpt = catalog.inspect(opts.model)
+    tokenizer = Tokenizer.from_checkpoint(ckpt)
+    tree = Tree.open(cwd or Path.cwd())
+    regions = infill_plan(opts, tree)
+    if opts.show_context:
+        return show_infill_context(ui, ckpt, tokenizer, tree, regions, opts.cfg) if regions else \
+            show_context(ui, ckpt, tokenizer, tree, opts)
+    if regions and (opts.stdin_text or opts.notes):  # notes only say how stdin was cut
+        ui.say("dllm: piped input not sent: in infill mode the model sees only the file around "
+               "the region (--no-infill sends it)", style="yellow")
+    backend = backend or load(ui, ckpt, tokenizer, opts.device, opts.dtype)
+    if regions:
+        fill_regions(ui, backend, ckpt, tokenizer, tree, regions, opts)
+    else:
+        chat(ui, backend, ckpt, tokenizer, tree, opts)
+
+
+def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str) -> Backend:
+    """The local engine with the checkpoint loaded, under a progress bar drawn before torch is
+    imported (1-2 s on a CPU); its label gains the device and dtype once they are known."""
+    from .render import loading
+
+    with loading(ui.err, ckpt.name) as describe:
+        return open_local(ckpt, device, dtype, tokenizer, describe)
+
+
+def generate_live(ui: Ui, backend: Backend, request: Request, cfg: SamplerConfig) -> Generation:
+    """One generation with the live view on stderr (a line of progress without a TTY, nothing
+    but the summary with --json); the final text is printed once, then the summary."""
+    from .render import DenoiseView
+
+    mode = "live" if ui.live else ("quiet" if ui.json else "line")
+    view = DenoiseView(ui.err, backend.token_text, backend.tokens, cfg.gen_length, mode=mode)
+    with view:
+        gen = generate.run(backend, request, cfg, view.update)
+    view.finish(gen, show_text=not ui.json)
+    return gen
+
+
+def finish(ui: Ui, model: str, gen: Generation, review: Callable[[Outcome], Outcome]) -> None:
+    """Review the generation's answer; with --json, the report is printed also when it fails."""
+    outcome = Outcome()
+    try:
+        review(outcome)
+    except DllmError as err:
+        if ui.json:
+            ui.write_json(CodeReport(model, gen, outcome, err).as_dict())
+        raise
+    if ui.json:
+        ui.write_json(CodeReport(model, gen, outcome).as_dict())
+
+
+# ---- chat mode ----------------------------------------------------------------------------------
+
+def chat_prompt(ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree, opts: CodeOptions) -> ChatPrompt:
+    """Files and stdin that fit, in the chat-templated prompt as it will be sent."""
+    gen_length = opts.cfg.gen_length
+    budget = file_budget(tokenizer, opts.task, ckpt.context_length, gen_length)
+    ctx = gather(opts.task, opts.paths, count_tokens=lambda text: len(tokenizer.encode(text)),
+                 budget=budget, stdin_text=opts.stdin_text, tree=tree, notes=opts.notes)
+    return encode_chat(tokenizer, opts.task, ctx, ckpt.context_length - gen_length)
+
+
+def chat(ui: Ui, backend: Backend, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree,
+         opts: CodeOptions) -> None:
+    prompt = chat_prompt(ckpt, tokenizer, tree, opts)
+    for line in prompt.context.report_lines():
+        ui.say(f"dllm: {line}", style="yellow")
+    gen = generate_live(ui, backend, Request(prompt.ids, messages=prompt.messages), opts.cfg)
+    finish(ui, ckpt.name, gen, lambda outcome: review_output(gen.text, tree.root, opts.review, ui, outcome))
+
+
+def show_context(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree, opts: CodeOptions) -> None:
+    """--show-context in chat mode: the table (or --json) on stdout; the tokenizer alone, no torch."""
+    prompt = chat_prompt(ckpt, tokenizer, tree, opts)
+    if ui.json:
+        ui.write_json(ContextReport(prompt.context).as_dict())
+        return
+    from .render import render_context
+
+    render_context(ui.out, prompt.context)
+
+
+# ---- infill mode --------------------------------------------------------------------------------
+
+def infill_plan(opts: CodeOptions, tree: Tree) -> list[infill.Region]:
+    """The stub bodies the task asks for. With files named (arguments or @mentions): in those
+    files. With none: only in the files that define a function the task names, found by
+    `git grep` (no other file is read or parsed)."""
+    if opts.infill is False:
+        return []
+    rels = named_files(opts.task, opts.paths, tree)
+    if not rels:
+        pattern = infill.definition_pattern(opts.task)
+        rels = tree.grep(pattern, ["*.py"]) if pattern else []
+    return infill.plan(source_files(rels, tree), opts.task, opts.infill)
+
+
+def infill_window(ckpt: Checkpoint) -> int:
+    """Positions one infill canvas may span: the model's context, at most infill.CONTEXT_CAP."""
+    return min(ckpt.context_length, infill.CONTEXT_CAP)
+
+
+def region_canvas(tokenizer: Tokenizer, text: str, region: infill.Region, gen_length: int,
+                  window: int) -> tuple[str, str, list[int], list[int]]:
+    """(prefix, suffix, ids before the masks, ids after them) of `region` in `text`."""
+    prefix, _, suffix = infill.split(text, region.start, region.end)
+    try:
+        pre, suf = infill.canvas(tokenizer.encode(prefix), tokenizer.encode(suffix), gen_length, window,
+                                 tokenizer.eos_token_id)
+    except ValueError:
+        raise UsageError(f"--gen-length {gen_length} leaves no room for the file around it in the "
+                         f"model's {window}-token context; lower --gen-length") from None
+    return prefix, suffix, pre, suf
+
+
+def fill_regions(ui: Ui, backend: Backend, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree,
+                 regions: list[infill.Region], opts: CodeOptions) -> None:
+    """Fill each region (bottom-up per file, so line numbers above stay valid), then review one
+    patch of all the rewritten files."""
+    window, cfg = infill_window(ckpt), opts.cfg
+    texts: dict[str, str] = {}
+    gens: list[Generation] = []
+    for r in sorted(regions, key=lambda r: (r.path, -r.start)):
+        text = texts.get(r.path, r.text)
+        prefix, suffix, pre, suf = region_canvas(tokenizer, text, r, cfg.gen_length, window)
+        ui.say(f"dllm: filling {r.what} in {r.path} (lines {r.start + 1}-{r.end}; "
+               f"{len(pre) + len(suf)} tokens of context)")
+        gen = generate_live(ui, backend, Request(tuple(pre), tuple(suf), prefix=prefix, suffix=suffix), cfg)
+        if not gen.text.strip():
+            raise PatchError(f"{r.path}: the model wrote nothing for {r.what}; raise --gen-length, "
+                             "or try --no-infill")
+        texts[r.path] = infill.with_body(text, r, gen.text)
+        gens.append(gen)
+    gen = Generation.combined(gens, "".join(g.text for g in reversed(gens)))
+    for path, text in texts.items():
+        problem = infill.syntax_problem(path, text)
+        if problem:
+            ui.say(f"dllm: warning: {path} would not compile with this body ({problem}); "
+                   "read the diff before applying", style="yellow")
+    edits = [Edit(path, None, text, "whole_file") for path, text in texts.items()]
+    finish(ui, ckpt.name, gen, lambda outcome: review_edits(edits, tree.root, opts.review, ui, outcome))
+
+
+def show_infill_context(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree,
+                        regions: list[infill.Region], cfg: SamplerConfig) -> None:
+    """--show-context in infill mode: each region and the tokens of file around it (the tokenizer
+    alone; counted on the files as they are, before any region is filled)."""
+    window = infill_window(ckpt)
+    rows = []
+    for r in regions:
+        _, _, pre, suf = region_canvas(tokenizer, r.text, r, cfg.gen_length, window)
+        rows.append(RegionRow(r.path, r.name, (r.start + 1, r.end), len(pre), len(suf)))
+    report = InfillContextReport(str(tree.root), cfg.gen_length, window, tuple(rows))
+    if ui.json:
+        ui.write_json(report.as_dict())
+        return
+    from .render import render_infill_context
+
+    render_infill_context(ui.out, [r.as_dict() for r in rows], cfg.gen_length, window)

@@ -1,0 +1,83 @@
+"""Where dllm's user files live and what the user chose: read once, at the edge, then handed down.
+
+Knows: DLLM_HOME / XDG_CONFIG_HOME, `<home>/config.json` ({"model": ..., "device": ..., "dtype":
+...}), $DLLM_MODEL, and the precedence of every choice: command-line option > environment >
+user config > built-in default. Must not: import torch, look inside a checkpoint (catalog.py does),
+or read the config file more than once per `Settings.load()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UsageError
+
+KNOWN_KEYS = ("model", "device", "dtype")
+
+
+def home_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """dllm's user directory: $DLLM_HOME, else $XDG_CONFIG_HOME/dllm, else ~/.config/dllm."""
+    env = os.environ if environ is None else environ
+    if env.get("DLLM_HOME"):
+        return Path(env["DLLM_HOME"]).expanduser()
+    base = env.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "dllm"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The user's choices, read once: the user config file and the environment."""
+
+    home: Path
+    model: str | None = None  # "model" in the user config
+    device: str | None = None
+    dtype: str | None = None
+    env_model: str | None = None  # $DLLM_MODEL
+    extra: Mapping[str, Any] = field(default_factory=dict)  # other keys of the user config
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read <home>/config.json (absent: no choices) and the environment; UsageError if the
+        file is not a JSON object."""
+        env = os.environ if environ is None else environ
+        home = home_dir(env)
+        path = home / "config.json"
+        data: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"{path}: not valid JSON ({exc}); fix or delete the file") from None
+            if not isinstance(data, dict):
+                raise UsageError(f"{path}: expected a JSON object such as {{\"model\": \"/path\"}}")
+        for key in KNOWN_KEYS:
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise UsageError(f"{path}: {key!r} must be a string; fix the file")
+        return cls(home=home, model=data.get("model"), device=data.get("device"),
+                   dtype=data.get("dtype"), env_model=env.get("DLLM_MODEL") or None,
+                   extra={k: v for k, v in data.items() if k not in KNOWN_KEYS})
+
+    @property
+    def models_dir(self) -> Path:
+        """<home>/models: checkpoint folders `dllm models` lists."""
+        return self.home / "models"
+
+    def model_choice(self, option: str | None) -> tuple[str | None, str]:
+        """(the checkpoint path the user chose, where the choice came from); (None, "default")
+        means the embedded default model. --model > $DLLM_MODEL > user config > default."""
+        for value, source in ((option, "--model"), (self.env_model, "$DLLM_MODEL"), (self.model, "config")):
+            if value:
+                return value, source
+        return None, "default"
+
+    def device_choice(self, option: str | None) -> str:
+        """--device > user config > "auto" (cuda, then mps, then cpu)."""
+        return option or self.device or "auto"
+
+    def dtype_choice(self, option: str | None) -> str:
+        """--dtype > user config > "auto" (bfloat16 on cuda, float16 on mps, float32 on cpu)."""
+        return option or self.dtype or "auto"
