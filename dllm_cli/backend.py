@@ -62,8 +62,8 @@ def open_local(ckpt: "Checkpoint", device: str, dtype: str, tokenizer: "Tokenize
     """Load the checkpoint onto `device` in `dtype` ("auto" allowed) as a local Backend (torch is
     imported here). `describe` hears "name (dtype) on device" once both are chosen."""
     from .engine.device import dtype_name, pick_device, pick_dtype
-    from .engine.local import LocalBackend
     from .engine.loader import load_model
+    from .engine.local import LocalBackend
 
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)

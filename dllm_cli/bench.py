@@ -99,7 +99,7 @@ def run_bench(model_path: str | None, *, shape: str | None = None, device: str |
     if shape is not None:
         model = random_model(PUBLISHED_SHAPES[shape], device=dev, dtype=dt)
     else:
-        model = load_model(model_path, device=dev, dtype=dt)
+        model = load_model(model_path or "default", device=dev, dtype=dt)
     sync(dev)
     load_s = time.perf_counter() - start
     label = f"random weights, {shape} shape" if shape else (model.checkpoint.name if model.checkpoint else "?")
@@ -293,11 +293,11 @@ def format_report(report: BenchReport) -> str:
               f"{r.forward_ms / report.floor_ms:.1f}" if report.floor_ms > 0 else "-",
               f"{r.first_frame_s:.3f}", f"{r.peak_memory_bytes / 1e6:.0f}",
               "-" if r.agreement is None else f"{100 * r.agreement:.1f}%"] for r in report.rows]
-    widths = [max(len(c), *(len(l[i]) for l in lines)) for i, c in enumerate(cols)]
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
 
     def fmt(row: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
 
-    body = [fmt(cols)] + [fmt(l) for l in lines]
+    body = [fmt(cols)] + [fmt(line) for line in lines]
     legend = [""] + [f"{r.name}: {r.settings}" for r in report.rows] + [f"note: {n}" for n in report.notes]
     return "\n".join(head + body + legend) + "\n"

@@ -43,6 +43,7 @@ LLADA_CHAT_TEMPLATE = (
     " + '<|eot_id|>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 SPECIAL_KEYS = ("bos_token", "eos_token", "pad_token", "unk_token", "mask_token")
 _ADDED_TOKENS_SCAN = 4 << 20  # tokenizer.json: its "added_tokens" list sits near the start
 
@@ -350,7 +351,7 @@ def safetensors_params(folder: Path) -> tuple[int | None, str | None]:
                 for dim in entry.get("shape", []):
                     n *= dim
                 total += n
-                dtype = dtype or {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(entry.get("dtype"))
+                dtype = dtype or SAFETENSORS_DTYPES.get(str(entry.get("dtype")))
     return (total if files else None), dtype
 
 

@@ -111,7 +111,8 @@ def code(
     """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
     from .catalog import model_name
     from .config import SamplerConfig
-    from .pipeline import CodeOptions, code as run_code
+    from .pipeline import CodeOptions
+    from .pipeline import code as run_code
     from .review import ReviewOptions
 
     ui = Ui.detect(json_out=json_out, no_live=no_live)
@@ -176,7 +177,8 @@ def _read_file(source: str) -> str:
 @app.command()
 def undo() -> None:
     """Restore the files of the last applied patch, byte for byte (refused if they changed since)."""
-    from .journal import state_dir_for, undo as undo_patch
+    from .journal import state_dir_for
+    from .journal import undo as undo_patch
     from .repo import work_root
 
     ui = Ui.detect()
@@ -284,8 +286,10 @@ def _run(argv: list[str] | None) -> None:
         _fail("interrupted; nothing was changed", 130)
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except typer.TyperException as err:  # click's usage errors (exit 2)
-        err.show()
+    except typer.TyperException as err:  # click's usage errors (exit 2); typer vendors click
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
         sys.exit(getattr(err, "exit_code", 2))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

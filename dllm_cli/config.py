@@ -28,8 +28,9 @@ class SamplerConfig:
     DREAM_ALGS uses Dream's time schedule (eps .. 1) over one block unless
     `block_length` is set; "p2" is Open-dCoder's path-planning loop (the whole canvas every
     step; low-confidence tokens may be masked again; no blocks, threshold or cache).
-    `threshold` switches to Fast-dLLM confidence-threshold decoding inside blocks (`steps` is then an upper bound). The defaults are dllm's
-    fast mode: threshold 0.9 inside 32-token blocks with the block KV cache.
+    `threshold` switches to Fast-dLLM confidence-threshold decoding inside blocks (`steps` is then
+    an upper bound). The defaults are dllm's fast mode: threshold 0.9 inside 32-token blocks with
+    the block KV cache.
     """
 
     gen_length: int = 128

@@ -213,7 +213,7 @@ def rank(words: set[str], texts: dict[str, str]) -> list[tuple[float, str]]:
     if not words:
         return []
     vocab = {path: {w.lower() for w in WORD.findall(text)} for path, text in texts.items()}
-    for path, seen in vocab.items():
+    for seen in vocab.values():
         seen.update(p.lower() for ident in list(seen) for p in ident.split("_") if len(p) >= 3)
     df = Counter(w for seen in vocab.values() for w in words & seen)
     n = len(texts)

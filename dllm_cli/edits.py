@@ -419,7 +419,7 @@ def _read_hunk(lines: list[str], i: int) -> tuple[int, str | None, str, int | No
     m = _HUNK.match(lines[i])
     counts = (int(m.group(2) or 1), int(m.group(4) or 1)) if m else None
     hint = None
-    if m:
+    if m and counts is not None:
         old_start = int(m.group(1))
         hint = old_start - 1 if counts[0] > 0 else old_start
     i += 1

@@ -258,7 +258,8 @@ def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
         entry = json.loads(path.read_text(encoding="utf-8"))
         records = entry["files"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PatchError(f"the undo journal {path} is unreadable ({err}); move it away to undo older patches")
+        raise PatchError(f"the undo journal {path} is unreadable ({err}); move it away to undo older "
+                         "patches") from None
     if entry.get("root") != str(root):
         raise PatchError(f"the last dllm patch was applied in {entry.get('root')}, not {root}; "
                          "run dllm undo there")

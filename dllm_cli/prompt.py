@@ -32,8 +32,11 @@ REPLACE_MARK = ">>>>>>> REPLACE"
 
 
 class HasPathAndText(Protocol):
-    path: str  # repository-relative, "/" separators
-    text: str
+    @property
+    def path(self) -> str: ...  # repository-relative, "/" separators
+
+    @property
+    def text(self) -> str: ...
 
 
 @dataclass(frozen=True)

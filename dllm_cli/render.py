@@ -196,7 +196,8 @@ def loading(console: Console, label: str) -> Iterator[Callable[[str], None]]:
     if not console.is_interactive:
         yield lambda text: console.print(f"dllm: loading {text} ...", markup=False, highlight=False)
         return
-    from rich.progress import BarColumn, Progress as Bar, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
 
     with Bar(SpinnerColumn(), TextColumn("loading {task.description}"), BarColumn(),
              TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -247,8 +248,8 @@ def render_infill_context(console: Console, rows: Sequence[dict[str, Any]], gen_
     from rich.table import Table
 
     table = Table(box=None, show_header=True, pad_edge=False)
-    for column, justify in (("before", "right"), ("after", "right"), ("path", "left"), ("region", "left")):
-        table.add_column(column, justify=justify)
+    for column in ("before", "after", "path", "region"):
+        table.add_column(column, justify="right" if column in ("before", "after") else "left")
     for r in rows:
         first, last = r["lines"]
         what = f"body of {r['function']}" if r["function"] else "region"

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from dllm_cli.events import SpecialTokens
 
-
 # ---- LLaDA generate ------------------------------------------------------------------------
 
 def add_gumbel_noise(logits, temperature, generator=None):
@@ -246,7 +245,7 @@ def dreamon_generate(model, input_ids, max_new_tokens, alg="entropy", temperatur
     if expand_budget is None:
         expand_budget = max_gen_len * 2
     x = F.pad(input_ids, (0, max_length - input_ids.shape[1]), value=eos_token_id)
-    for i in range(2 * max_gen_len + 2 * expand_budget):
+    for _ in range(2 * max_gen_len + 2 * expand_budget):
         current_window_length = input_ids.shape[1] - start_gen_len + num_generation_tokens
         attention_mask = torch.ones([input_ids.shape[0], current_window_length], dtype=torch.int16)
         attention_mask = F.pad(attention_mask, (0, max_length - attention_mask.shape[1]), value=0)

@@ -2,9 +2,10 @@
 the real pipeline (sampler, decode, edits, review, apply) runs end to end without weights.
 
 For generation number g (a new one starts at a full-canvas call whose length or prompt differs
-from the current one's, or that has more masks than the call before) it is sure of `answers[g]`'s tokens at the canvas positions after the prompt, then eos;
-elsewhere it repeats the token it sees. It records what each generation was given (`seen`:
-prompt ids, suffix ids), so a test can check what the model would have seen.
+from the current one's, or that has more masks than the call before) it is sure of
+`answers[g]`'s tokens at the canvas positions after the prompt, then eos; elsewhere it repeats
+the token it sees. It records what each generation was given (`seen`: prompt ids, suffix ids),
+so a test can check what the model would have seen.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from dllm_cli.bench import _agreement, bench_configs, bench_model, format_report
 from dllm_cli.engine import loader
 from dllm_cli.engine.device import measure_bandwidth
 from dllm_cli.errors import UsageError
+
 from oracles import MockModel
 
 PROMPTS = [[3, 5, 7, 9], [11, 2, 40, 41, 42, 8]]

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dllm_cli import cli
-from gitrepo import git, snapshot
+
+from gitrepo import snapshot
 
 ANSI = "\x1b["
 # what random weights produce: no edit at all, or a malformed block (both exit 3)
@@ -345,7 +345,8 @@ def test_interrupt_while_denoising_exits_130_tree_untouched(repo, dream_ckpt, mo
 
 # ---- anchored infilling ------------------------------------------------------------------------
 
-STUBS = 'import math\r\n\r\n\r\ndef median(xs):\r\n    """Middle value."""\r\n    ...\r\n\r\n\r\ndef norm(v):\r\n    pass\r\n'
+STUBS = ('import math\r\n\r\n\r\ndef median(xs):\r\n    """Middle value."""\r\n    ...\r\n\r\n\r\n'
+         'def norm(v):\r\n    pass\r\n')
 
 
 def test_infill_with_a_real_tiny_checkpoint(repo, dream_ckpt):
@@ -388,6 +389,7 @@ def test_models_and_the_loader_agree_on_the_family(repo, dream_tied_ckpt, tmp_pa
     """Regression: `dllm models` said qwen2 for Open-dCoder and dream for DiffuCoder while the loader
     said open-dcoder / diffucoder; both now ask catalog.family_of."""
     from dllm_cli.engine.loader import load_model
+
     from tiny import make_dream_checkpoint
 
     diffucoder = make_dream_checkpoint(tmp_path / "diffucoder", extra_tokens=("<|dlm_pad|>",))

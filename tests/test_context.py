@@ -7,8 +7,17 @@ import subprocess
 
 import pytest
 
-from dllm_cli.context import (MAX_FILE_BYTES, Context, ContextFile, Skipped, gather, is_secret, mentions,
-                              prompt_words, rank)
+from dllm_cli.context import (
+    MAX_FILE_BYTES,
+    Context,
+    ContextFile,
+    Skipped,
+    gather,
+    is_secret,
+    mentions,
+    prompt_words,
+    rank,
+)
 from dllm_cli.errors import UsageError
 
 

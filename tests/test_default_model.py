@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from dllm_cli.engine.loader import load_model
 from dllm_cli.catalog import DEFAULT_MODEL_NAME, default_model_dir
+from dllm_cli.engine.loader import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "weights" / DEFAULT_MODEL_NAME

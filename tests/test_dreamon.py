@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from dllm_cli.engine.loader import load_model
 from dllm_cli.config import SamplerConfig
 from dllm_cli.engine.dreamon import denoise_dreamon
+from dllm_cli.engine.loader import load_model
 from dllm_cli.errors import UsageError
+
 from oracles import MockModel, dreamon_generate
 
 PREFIX, SUFFIX = [3, 5, 7, 9, 11], [13, 17, 19]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dllm_cli.engine.loader import PUBLISHED_SHAPES, load_model, model_spec, random_model
 from dllm_cli.engine.layouts.llada import llama_name
+from dllm_cli.engine.loader import PUBLISHED_SHAPES, load_model, model_spec, random_model
+
 from tiny import make_dream_checkpoint, make_llada_checkpoint
 
 TOL = 1e-4

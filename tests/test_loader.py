@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from dllm_cli.engine.device import pick_device, pick_dtype
 from dllm_cli.engine.loader import load_model
 from dllm_cli.errors import CheckpointError, DllmError, OutOfMemoryError, TokenizerError, UsageError
+
 from tiny import AUTO_MAP_MARKER, make_dream_checkpoint, make_llada_checkpoint
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dllm_cli import match as M
 from dllm_cli import journal as J
+from dllm_cli import match as M
 from dllm_cli import patch as P
 from dllm_cli.edits import Edit, parse_edits, parse_unified_diff
 from dllm_cli.errors import DllmError, PatchError

@@ -19,6 +19,7 @@ from dllm_cli.errors import DllmError
 from dllm_cli.review import ReviewOptions
 from dllm_cli.tokenizer import Tokenizer
 from dllm_cli.ui import Ui
+
 from gitrepo import git, snapshot
 from scripted import ScriptedModel
 

@@ -7,13 +7,21 @@ import re
 import time
 from dataclasses import dataclass
 
-import pytest
 from rich.console import Console
 
 from dllm_cli.events import Generation, SpecialTokens
 from dllm_cli.patch import FileChange, Patch, unified_diff
-from dllm_cli.render import (MASK_GLYPH, STYLE_LOW, STYLE_NEW, DenoiseView, TokenTexts, canvas_text, printable,
-                             render_context, render_diff)
+from dllm_cli.render import (
+    MASK_GLYPH,
+    STYLE_LOW,
+    STYLE_NEW,
+    DenoiseView,
+    TokenTexts,
+    canvas_text,
+    printable,
+    render_context,
+    render_diff,
+)
 
 ANSI = re.compile(r"\x1b\[")
 MASK, EOS = 0, 1

@@ -14,6 +14,7 @@ from dllm_cli.events import Generation
 from dllm_cli.report import CodeReport
 from dllm_cli.review import Outcome, ReviewOptions, review_output
 from dllm_cli.ui import Ui
+
 from gitrepo import git, snapshot
 
 ANSWER = textwrap.dedent("""\

@@ -8,12 +8,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dllm_cli.engine.loader import load_model
 from dllm_cli.config import SamplerConfig
+from dllm_cli.engine.loader import load_model
+from dllm_cli.engine.sampler import (
+    _parallel_accept,
+    block_steps,
+    cut_at_stop,
+    denoise,
+    dream_schedule,
+    llada_schedule,
+    p2_masked,
+)
 from dllm_cli.errors import UsageError
-from dllm_cli.engine.sampler import (p2_masked, _parallel_accept, block_steps, cut_at_stop, denoise,
-                                     dream_schedule, llada_schedule)
 from dllm_cli.events import DenoiseStep
+
 from oracles import MockModel, dream_generate, llada_generate, p2_generate
 
 PROMPT = [3, 5, 7, 9, 11, 2, 40]

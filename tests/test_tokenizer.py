@@ -11,6 +11,7 @@ import pytest
 from dllm_cli.catalog import inspect
 from dllm_cli.errors import TokenizerError
 from dllm_cli.tokenizer import Tokenizer
+
 from tiny import AUTO_MAP_MARKER, make_dream_checkpoint, make_llada_checkpoint
 
 TEXT = "def f(x):\n\treturn x**2  # héllo wörld 12345 \n\n  <|mask|>!! it's"

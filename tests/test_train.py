@@ -192,7 +192,8 @@ def test_two_steps_give_a_checkpoint_the_engine_loads(data_dir, tok_dir, tmp_pat
     (tmp_path / "phase1.jsonl").write_text('{"event": "start"}\n')
     package(ckpt, tmp_path / "corpus", shipped, logs=[tmp_path / "phase1.jsonl", tmp_path / "run" / "train_log.jsonl"])
     joined = (shipped / "train_log.jsonl").read_text()
-    assert joined.startswith('{"event": "start"}\n') and joined.endswith((tmp_path / "run" / "train_log.jsonl").read_text())
+    assert joined.startswith('{"event": "start"}\n')
+    assert joined.endswith((tmp_path / "run" / "train_log.jsonl").read_text())
     with pytest.raises(ValueError, match="training log not found"):
         package(ckpt, tmp_path / "corpus", shipped, logs=[tmp_path / "nope.jsonl"])
     assert load_model(str(shipped)).spec.family == "dllm"
@@ -200,6 +201,7 @@ def test_two_steps_give_a_checkpoint_the_engine_loads(data_dir, tok_dir, tmp_pat
 
 def test_loss_goes_down_on_a_fixed_batch(data_dir):
     import numpy as np
+
     from dllm_cli.train.data import load_sft
     from dllm_cli.train.train import diffusion_loss, make_batch, make_optimizer, new_model
     cfg = _tiny(seq_len=128, sft_ratio=0.5)
@@ -250,7 +252,8 @@ def test_eval_figures_on_hand_made_cases():
     assert evaluate.infill_exact(_Oracle(rows), cases) == {"infill_exact": 1.0, "infill_lines": 2}
     assert evaluate.infill_exact(_Oracle(rows, wrong=True), cases)["infill_exact"] == 0.0
     head = ["def f(x):", '    """Double."""']
-    good = 'm.py\n<<<<<<< SEARCH\n    """Double."""\n    ...\n=======\n    """Double."""\n    return 2 * x\n>>>>>>> REPLACE\n'
+    good = ('m.py\n<<<<<<< SEARCH\n    """Double."""\n    ...\n=======\n    """Double."""\n    return 2 * x\n'
+            '>>>>>>> REPLACE\n')
     assert evaluate.compiled_function(good, head) == (True, True)
     assert evaluate.compiled_function(good.replace("2 * x", "2 * (x"), head) == (True, False)
     assert evaluate.compiled_function("return 2 * x", head) == (False, False)

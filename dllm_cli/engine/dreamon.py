@@ -11,11 +11,12 @@ Expansion is blocked (its logit −1e9) once the canvas has `max_length` tokens 
 budget is spent. The loop ends when no mask is left, or after 2·max_gen_len + 2·budget steps
 (then masks may remain, as in the official code).
 
-Lengths as in the official code (DreamLM/DreamOn `eval/generator.py`, see docs/sampling.md): `cfg.gen_length` is `max_new_tokens`, which counts the initial
-masks, so max_length = len(canvas) − initial masks + gen_length; max_gen_len = max_length −
-len(bos + prefix); the expansion budget defaults to 2·max_gen_len. The official loop pads the
-canvas to max_length and masks the padding out of attention; running the model on the live
-canvas alone is the same computation (right padding leaves positions 0..L−1 unchanged).
+Lengths as in the official code (DreamLM/DreamOn `eval/generator.py`, see docs/sampling.md):
+`cfg.gen_length` is `max_new_tokens`, which counts the initial masks, so max_length =
+len(canvas) − initial masks + gen_length; max_gen_len = max_length − len(bos + prefix); the
+expansion budget defaults to 2·max_gen_len. The official loop pads the canvas to max_length and
+masks the padding out of attention; running the model on the live canvas alone is the same
+computation (right padding leaves positions 0..L−1 unchanged).
 
 The expand and delete ids come from the model's `SpecialTokens` (the tokenizer resolves them:
 `<|delete|>` when the vocabulary has one, else eos).
@@ -90,7 +91,7 @@ def denoise_dreamon(model: Denoiser, prefix_ids: Sequence[int], suffix_ids: Sequ
         if token == delete_id:
             x = torch.cat([x[:pos], x[pos + 1:]])
             n -= 1
-            revealed = []
+            revealed: list[int] = []
         elif token == expand_id:
             x = torch.cat([x[:pos], x.new_tensor([mask, mask]), x[pos + 1:]])
             n += 1

@@ -13,7 +13,7 @@ from typing import Iterator
 from ..backend import Event, Request
 from ..config import SamplerConfig
 from ..events import DenoiseStep, Generation
-from .dreamon import dreamon_sampler, denoise_dreamon
+from .dreamon import denoise_dreamon, dreamon_sampler
 from .model import Model
 from .sampler import cut_at_stop, denoise
 

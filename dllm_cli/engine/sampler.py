@@ -120,7 +120,7 @@ class _Canvas:
         S = 0 if suffix is None else suffix.numel()
         self.x = torch.full((1, self.P + gen_length + S), self.mask, dtype=torch.long, device=prompt.device)
         self.x[0, :self.P] = prompt
-        if S:
+        if suffix is not None and S:
             self.x[0, self.P + gen_length:] = suffix
         self.tokens = [self.mask] * gen_length  # host copy of x[0, P:]
 
@@ -369,6 +369,7 @@ def _parallel_accept(prio: torch.Tensor, cfg: SamplerConfig, k_min: int) -> torc
     if cfg.threshold is not None:
         ok = sorted_p >= cfg.threshold
     else:
+        assert cfg.factor is not None
         ok = sorted_p >= 1 - cfg.factor / (rank + 2)
     lead = torch.cumprod(ok.int(), dim=0).bool()
     take = lead | (rank < k_min)
@@ -405,8 +406,11 @@ class _Forwarder:
         self.model, self.mode, self.refresh = model, cfg.cache, refresh
         self.cfg_scale, self.P = cfg.cfg_scale, prompt_len
         self.call = _logits_fn(model, compile)
-        self.cache, self.count = None, 0
-        self.block_start, self.pending, self.first = None, None, True
+        self.cache: Any = None
+        self.count = 0
+        self.block_start: int | None = None
+        self.pending: int | None = None
+        self.first = True
 
     def begin_block(self, bs: int) -> None:
         self.pending = self.block_start  # the finished block whose final K/V are not written yet

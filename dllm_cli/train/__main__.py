@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(prepare(args.corpus, args.tokenizer, args.out, args.seq_len, args.min_gen, args.seed)))
     elif args.cmd == "train":
         from dataclasses import replace
+
         from dllm_cli.train.train import PRESETS, train
         cfg = PRESETS[args.preset]
         if args.seed is not None:

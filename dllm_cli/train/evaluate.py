@@ -137,7 +137,7 @@ def line_cases(backend, docs: list[dict], n: int, seed: int, window: int = 384) 
     `backend` is the checkpoint's `tokenizers.Tokenizer` (for character offsets); a position is
     masked when its token lies inside the line's text (indentation-carrying tokens stay)."""
     rng = random.Random(seed)
-    cases = []
+    cases: list[tuple[list[int], list[int]]] = []
     pool = [d for d in docs if d["text"].count("\n") > 5]
     while len(cases) < n and pool:
         d = rng.choice(pool)
@@ -192,7 +192,7 @@ def compiled_function(answer: str, head: list[str]) -> tuple[bool, bool]:
     if not edits:
         return False, False
     e = edits[0]
-    search, replace = e.search.splitlines(), e.replace.splitlines()
+    search, replace = (e.search or "").splitlines(), e.replace.splitlines()
     keep = len(search) - 1            # the stub's kept lines (docstring tail) precede the body
     body = replace[keep:] if replace[:keep] == search[:keep] else replace
     if not [x for x in body if x.strip() not in ("", "...")]:
@@ -235,7 +235,7 @@ def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context:
     gen_length = cfg.gen_length
     tok, backend = model.tokenizer, LocalBackend(model)
     ok = raw = exact = 0
-    examples = []
+    examples: list[dict] = []
     for prefix, body, suffix, name in cases:
         pre, suf = canvas(tok.encode(prefix), tok.encode(suffix), gen_length, context, model.tokens.eos)
         text = run(backend, Request(tuple(pre), tuple(suf)), cfg).text
@@ -263,8 +263,8 @@ def body_compiles(model, cases, gen_length: int = 128, seed: int = 0) -> dict:
     cfg = SamplerConfig(gen_length=gen_length, seed=seed)   # dllm's default (fast) recipe
     backend = LocalBackend(model)
     fmt = ok = 0
-    examples = []
-    for s, head, original in cases:
+    examples: list[dict] = []
+    for s, head, _original in cases:
         prompt = model.tokenizer.encode(model.tokenizer.apply_chat_template(
             [m.as_dict() for m in s.messages], add_generation_prompt=True))
         text = run(backend, Request(tuple(prompt), messages=tuple(s.messages)), cfg).text

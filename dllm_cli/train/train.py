@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from torch import nn
 
 from dllm_cli.engine.layouts.dream import DreamModel, spec_from_config

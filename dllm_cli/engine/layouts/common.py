@@ -129,14 +129,17 @@ class KVCache:
         self.keys = [None] * len(self.keys)
         self.values = [None] * len(self.values)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int, full: bool):
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int,
+               full: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Write k, v (B, KV, t, d) at positions start.. ; return the layer's full K, V."""
         if full:
             self.keys[layer], self.values[layer] = k.contiguous(), v.contiguous()
         else:
+            keys, values = self.keys[layer], self.values[layer]
+            assert keys is not None and values is not None, "a windowed write needs a full pass first"
             end = start + k.shape[2]
-            self.keys[layer][:, :, start:end] = k
-            self.values[layer][:, :, start:end] = v
+            keys[:, :, start:end] = k
+            values[:, :, start:end] = v
         return self.keys[layer], self.values[layer]
 
 

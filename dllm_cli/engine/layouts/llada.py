@@ -92,18 +92,29 @@ class LLaDABlock(nn.Module):
         return x + swiglu(self.ff_norm(x), self.ff_proj, self.up_proj, self.ff_out)
 
 
+class OLMoTransformer(nn.Module):
+    """`model.transformer.*`: embedding, blocks, final norm and (untied) the LM head `ff_out`."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.wte = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.blocks = nn.ModuleList(LLaDABlock(spec) for _ in range(spec.num_layers))
+        self.ln_f = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.ff_out = None if spec.tied else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+
+
+class OLMoBody(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.transformer = OLMoTransformer(spec)
+
+
 class LLaDAModel(DiffusionModel):
     """OLMo-named bidirectional model; logits are aligned as they come (no shift)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__(spec)
-        self.model = nn.Module()
-        parts = {"wte": nn.Embedding(spec.vocab_size, spec.hidden_size),
-                 "blocks": nn.ModuleList(LLaDABlock(spec) for _ in range(spec.num_layers)),
-                 "ln_f": RMSNorm(spec.hidden_size, spec.rms_norm_eps)}
-        if not spec.tied:
-            parts["ff_out"] = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)  # LM head
-        self.model.transformer = nn.ModuleDict(parts)
+        self.model = OLMoBody(spec)
 
     def embed_weight(self) -> torch.Tensor:
         return self.model.transformer.wte.weight
@@ -118,6 +129,5 @@ class LLaDAModel(DiffusionModel):
         return self.model.transformer.ln_f(x)
 
     def head(self, x):
-        if self.spec.tied:
-            return F.linear(x, self.model.transformer.wte.weight)
-        return self.model.transformer.ff_out(x)
+        t = self.model.transformer
+        return F.linear(x, t.wte.weight) if t.ff_out is None else t.ff_out(x)
