@@ -1,47 +1,24 @@
 """The Backend contract: what produces a generation, local engine or remote endpoint.
 
-Knows: the `Request` (what the model is asked: the encoded prompt and, for anchored infilling,
-the encoded suffix; plus their text forms for backends that take text), the events a backend
-yields (`DenoiseStep`s while it works, then exactly one `Generation`), and how to open the local
-engine without importing torch before it is needed. Must not: import torch at module level,
-draw on a terminal, or know what happens to the answer.
+Knows: what a backend takes (an `events.Request`: the encoded prompt and, for anchored
+infilling, the encoded suffix, plus their text forms for backends that take text) and what it
+yields (`events.Event`: DenoiseSteps while it works, then exactly one Generation), and how to open
+the local engine without importing torch before it is needed. Must not: import torch at module
+level, draw on a terminal, or know what happens to the answer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from .config import SamplerConfig
-from .events import DenoiseStep, Generation, SpecialTokens
-from .prompt import Message
+from .events import Event, Request, SpecialTokens
 
 if TYPE_CHECKING:
     from .catalog import Checkpoint
     from .tokenizer import Tokenizer
 
-Event = Union[DenoiseStep, Generation]
-
-
-@dataclass(frozen=True)
-class Request:
-    """One generation to run. Chat mode: `prompt_ids` is the chat-templated prompt (`messages` its
-    text). Infill mode: the canvas of `cfg.gen_length` masks sits between `prompt_ids` and
-    `suffix_ids` (`prefix` / `suffix` their text)."""
-
-    prompt_ids: tuple[int, ...]
-    suffix_ids: tuple[int, ...] | None = None
-    messages: tuple[Message, ...] = ()
-    prefix: str = ""
-    suffix: str = ""
-
-    @property
-    def infill(self) -> bool:
-        return self.suffix_ids is not None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.suffix_ids or ())
+__all__ = ["Backend", "Event", "Request", "open_local"]
 
 
 class Backend(Protocol):

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import generate
-from .backend import Request
 from .config import SamplerConfig
 from .errors import UsageError
-from .events import DenoiseStep, SpecialTokens
+from .events import DenoiseStep, Request, SpecialTokens
 
 if TYPE_CHECKING:
     from .engine.model import Model
@@ -99,7 +98,7 @@ def run_bench(model_path: str | None, *, shape: str | None = None, device: str |
     if shape is not None:
         model = random_model(PUBLISHED_SHAPES[shape], device=dev, dtype=dt)
     else:
-        model = load_model(model_path or "default", device=dev, dtype=dt)
+        model = load_model(model_path, device=dev, dtype=dt)
     sync(dev)
     load_s = time.perf_counter() - start
     label = f"random weights, {shape} shape" if shape else (model.checkpoint.name if model.checkpoint else "?")

@@ -4,6 +4,7 @@ Every error meant for a user is a `DllmError` whose message is one line that nam
 file (and tensor, option, path...) involved and says what to do. The CLI catches
 `DllmError` once, at the edge, and maps `exit_code` to the process exit status.
 Internal invariants use `assert`; they are bugs, not user errors.
+Must not: import anything (every module imports this one), or print.
 """
 
 from __future__ import annotations

@@ -1,14 +1,46 @@
-"""The plain values that cross dllm's seams: special token ids, denoising step events, the
-finished generation.
+"""The plain values that cross dllm's seams: chat messages, a generation request, special token
+ids, denoising step events, the finished generation, and the union of events a backend yields.
 
-Knows: what a step of denoising reports and what a finished generation is, in plain Python
-values (ints, lists, floats). Must not: import torch, decode text, or know which backend or
-checkpoint produced them. Every other module may import this one; it imports nothing of dllm.
+Knows: what a request asks, what a step of denoising reports and what a finished generation is,
+in plain Python values (ints, lists, floats, strings). Must not: import torch, decode text, or
+know which backend or checkpoint produced them. Every other module may import this one; it
+imports nothing of dllm.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation to run. Chat mode: `prompt_ids` is the chat-templated prompt (`messages` its
+    text). Infill mode: the canvas of `cfg.gen_length` masks sits between `prompt_ids` and
+    `suffix_ids` (`prefix` / `suffix` their text)."""
+
+    prompt_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...] | None = None
+    messages: tuple[Message, ...] = ()
+    prefix: str = ""
+    suffix: str = ""
+
+    @property
+    def infill(self) -> bool:
+        return self.suffix_ids is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.suffix_ids or ())
 
 
 @dataclass(frozen=True)
@@ -73,3 +105,6 @@ class Generation:
         return cls(text, sum(g.gen_tokens for g in parts), sum(g.steps for g in parts),
                    sum(g.forwards for g in parts), sum(g.seconds for g in parts),
                    sum(g.prompt_tokens for g in parts))
+
+
+Event = Union[DenoiseStep, Generation]  # what a Backend yields: steps, then one Generation

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .backend import Backend, Request
+from .backend import Backend
 from .config import SamplerConfig
-from .events import DenoiseStep, Generation
+from .events import DenoiseStep, Generation, Request
 
 Sink = Callable[[DenoiseStep], None]
 

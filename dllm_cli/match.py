@@ -1,5 +1,5 @@
 """Tolerant, unique matching of SEARCH text in a file, and the replacement (pure functions on
-strings; no file access).
+strings). Must not: touch files, import torch, or guess between several candidates.
 
 `find_unique` tries, in order, and stops at the first level with any candidate:
   "exact"      lines equal (CRLF/LF never matter: matching is on line contents);

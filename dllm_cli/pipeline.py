@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from . import catalog, generate, infill
-from .backend import Backend, Request, open_local
+from .backend import Backend, open_local
 from .catalog import Checkpoint
 from .config import SamplerConfig
 from .context import Tree, gather, named_files, source_files
 from .edits import Edit
 from .errors import DllmError, PatchError, UsageError
-from .events import Generation
+from .events import Generation, Request
 from .prompt import ChatPrompt, encode_chat, file_budget
 from .report import CodeReport, ContextReport, InfillContextReport, RegionRow
 from .review import Outcome, ReviewOptions, review_edits, review_output

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Protocol
 
 from .errors import UsageError
+from .events import Message
 
 if TYPE_CHECKING:
     from .context import Context
@@ -37,15 +38,6 @@ class HasPathAndText(Protocol):
 
     @property
     def text(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class Message:
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
 
 
 def fence_for(text: str) -> str:

@@ -228,10 +228,10 @@ def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 # ---- the public entry points -----------------------------------------------------------------
 
-def load_model(path: str | os.PathLike[str] | Checkpoint = catalog.DEFAULT, device: str | torch.device = "cpu",
+def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAULT, device: str | torch.device = "cpu",
                dtype: str | torch.dtype = torch.float32, allow_pickle: bool = False,
                memory_limit: int | None = None, tokenizer: Tokenizer | None = None) -> Model:
-    """Load a checkpoint folder (or "default", the embedded model; or an inspected Checkpoint).
+    """Load a checkpoint folder ("default" or None: the embedded model; or an inspected Checkpoint).
 
     device: "cpu" | "cuda[:N]" | "mps" | "auto"; dtype: a torch dtype or its name ("auto"
     too). memory_limit (bytes) replaces the free-memory probe (tests; $DLLM_MEMORY_LIMIT).

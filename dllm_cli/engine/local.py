@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..backend import Event, Request
 from ..config import SamplerConfig
-from ..events import DenoiseStep, Generation
+from ..events import DenoiseStep, Event, Generation, Request
 from .dreamon import denoise_dreamon, dreamon_sampler
 from .model import Model
 from .sampler import cut_at_stop, denoise

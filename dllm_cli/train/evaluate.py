@@ -227,9 +227,9 @@ def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context:
                     cfg=None) -> dict:
     """`dllm code`'s infill path on each case; the patched file must compile. `cfg`: the
     sampler (default: dllm's default recipe at `gen_length`)."""
-    from dllm_cli.backend import Request
     from dllm_cli.config import SamplerConfig
     from dllm_cli.engine.local import LocalBackend
+    from dllm_cli.events import Request
     from dllm_cli.generate import run
     cfg = cfg if cfg is not None else SamplerConfig(gen_length=gen_length, seed=seed)
     gen_length = cfg.gen_length
@@ -256,9 +256,9 @@ def infill_compiles(model, cases, gen_length: int = 128, seed: int = 0, context:
 
 
 def body_compiles(model, cases, gen_length: int = 128, seed: int = 0) -> dict:
-    from dllm_cli.backend import Request
     from dllm_cli.config import SamplerConfig
     from dllm_cli.engine.local import LocalBackend
+    from dllm_cli.events import Request
     from dllm_cli.generate import run
     cfg = SamplerConfig(gen_length=gen_length, seed=seed)   # dllm's default (fast) recipe
     backend = LocalBackend(model)
