@@ -192,6 +192,8 @@ def test_bad_json_and_bad_prompts_are_400(srv):
     assert post(srv, "/completions", {"prompt": ""}).status_code == 400
     assert post(srv, "/completions", {"prompt": "x", "suffix": "y", "max_tokens": 600}).json()["error"]["code"] \
         == "context_length_exceeded"
+    huge = post(srv, "/chat/completions", {"messages": [{"role": "user", "content": "x" * (9 << 20)}]})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
 
 
 def test_over_the_context_length_is_400(client):

@@ -31,6 +31,7 @@ from ..events import DenoiseStep, Generation
 from . import wire
 from .worker import Busy, Cancelled, Failed, Job, Worker
 
+MAX_BODY = 8 << 20  # bytes a request body may have (413 beyond)
 KEEPALIVE_S = 5.0  # an SSE comment this often while a request waits in the queue
 DISCONNECT_POLL_S = 0.25  # non-stream requests: how often to look for a client that went away
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -92,12 +93,12 @@ def create_app(served: wire.Served, worker: Worker, *, api_key: str | None, inst
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         guard(request)
-        call = wire.parse_chat(wire.parse_json(await request.body()), served)
+        call = wire.parse_chat(wire.parse_json(await read_body(request)), served)
         return await answer(call, request)
 
     async def completions(request: Request) -> Response:
         guard(request)
-        call = wire.parse_completion(wire.parse_json(await request.body()), served)
+        call = wire.parse_completion(wire.parse_json(await read_body(request)), served)
         return await answer(call, request)
 
     app.post("/v1/completions")(completions)
@@ -124,6 +125,21 @@ def create_app(served: wire.Served, worker: Worker, *, api_key: str | None, inst
         return JSONResponse(reply.response(gen))
 
     return app
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, at most MAX_BODY bytes (a WireError 413 beyond, before reading it all)."""
+    declared = request.headers.get("content-length", "")
+    too_big = wire.WireError(413, f"the request body is over {MAX_BODY >> 20} MiB", code="request_too_large")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def host_name(header: str) -> str:

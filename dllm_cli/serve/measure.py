@@ -156,7 +156,7 @@ def speed(runs: int = 5) -> dict[str, Any]:
                 "same_diff": len(diffs) == 1, "samples": rows}
 
 
-def load(clients: int = 16, requests: int = 8, max_tokens: int = 32) -> dict[str, Any]:
+def load(clients: int = 16, requests: int = 8, max_tokens: int = 16) -> dict[str, Any]:
     """`clients` threads x `requests` chat requests each (distinct prompts and seeds, sampling at
     temperature 1) against one server, after the same requests one by one; every concurrent
     answer must equal its sequential one. The server's RSS after the sequential pass (warm) and
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ld = sub.add_parser("load", help="concurrent clients against one server")
     ld.add_argument("--clients", type=int, default=16)
     ld.add_argument("--requests", type=int, default=8)
-    ld.add_argument("--max-tokens", type=int, default=32)
+    ld.add_argument("--max-tokens", type=int, default=16)
     opts = parser.parse_args(argv)
     if opts.what == "speed":
         result = speed(opts.runs)
