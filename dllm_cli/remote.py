@@ -219,9 +219,10 @@ class RemoteBackend:
                             f"after {chunks} chunks); nothing was applied; retry")
         seconds = time.monotonic() - start
         yield snapshot(texts, draft, seconds, snapshots, ext, done=True)
+        server_seconds = ext.get("seconds") if ext.get("done") else None  # a dllm server's denoising time
         yield Generation(draft, _int(usage.get("completion_tokens")) or _int(ext.get("gen_tokens")),
                          _int(ext.get("steps")) or texts, _int(ext.get("forwards")),
-                         float(ext.get("seconds") or seconds) if ext.get("done") else seconds,
+                         float(server_seconds) if isinstance(server_seconds, (int, float)) else seconds,
                          _int(usage.get("prompt_tokens")))
 
     # ---- failures ----
@@ -398,6 +399,10 @@ def open_endpoint(value: str, model: str | None = None, key_env: str | None = No
     probe = RemoteBackend(client, preset, url, model or "?", key=key, key_env=key_name)
     try:
         cards = list_models(client)
+    except openai.NotFoundError:  # a server without a model list: fine when the model is named
+        if not model:
+            raise DllmError(f"{url} has no model list (404 at /models); pass --model NAME") from None
+        cards = []
     except openai.APIError as err:
         raise probe.explain(err, "/models") from None
     if preset is GENERIC and any(c.owned_by == "dllm" for c in cards):

@@ -97,6 +97,15 @@ def test_one_served_model_is_found_several_need_model(server):
         backend(server.url, None)
 
 
+def test_a_server_without_a_model_list_needs_model(server):
+    server.add("/v1/models", Json(404, {"error": {"message": "no route"}}))
+    with pytest.raises(DllmError, match=r"has no model list \(404 at /models\); pass --model NAME"):
+        backend(server.url, None)
+    server.add("/v1/chat/completions", Sse(increment_chunks(["ok"])))
+    b = backend(server.url, "named")
+    assert (b.model, b.context_length) == ("named", remote.DEFAULT_CONTEXT) and drain(b)[1].text == "ok"
+
+
 def test_a_dllm_server_is_recognised_by_its_models_listing(server):
     server.add("/v1/models", Json(200, {"data": [{"id": "m", "owned_by": "dllm", "context_length": 512}]}))
     b = backend(server.url, None)
@@ -284,11 +293,12 @@ class Code:
     """pipeline.code against an endpoint, on string consoles."""
 
     def __init__(self, url, task, *paths, model="served", json_out=False, yes=False, dry_run=False,
-                 infill=None, env_key=None, gen_length=64):
-        err, out = Console(file=io.StringIO(), width=200), Console(file=io.StringIO(), width=200)
-        ui = Ui(err, out, live=False, can_confirm=False, json=json_out)
+                 infill=None, gen_length=64, live=False, show_context=False):
+        err = Console(file=io.StringIO(), width=100, height=20, force_terminal=live, force_interactive=live)
+        out = Console(file=io.StringIO(), width=200)
+        ui = Ui(err, out, live=live, can_confirm=False, json=json_out)
         opts = pipeline.CodeOptions(task=task, paths=paths, model=model, cfg=SamplerConfig.from_options(
-            gen_length=gen_length), infill=infill, endpoint=url, timeout=10.0,
+            gen_length=gen_length), infill=infill, endpoint=url, timeout=10.0, show_context=show_context,
             review=ReviewOptions(yes=yes, dry_run=dry_run))
         self.code, self.error = 0, None
         try:
@@ -361,3 +371,22 @@ def test_code_endpoint_with_a_local_checkpoint_measures_exactly(repo, server, dr
     assert run.code == 0, run.err
     assert server.posts("/v1/chat/completions")[-1].body["model"] == dream_ckpt.name == catalog.inspect(
         dream_ckpt).name
+
+
+def test_code_endpoint_draws_the_snapshots_live_then_the_answer_once(repo, embedded, server):
+    drafts = ["src/stats.py\n<<<<<<< SEARCH ░░░░░░░░", EDIT[:70] + "░░░░", EDIT]
+    server.add("/v1/chat/completions", Sse(mercury_chunks(drafts), delay=0.1))
+    run = Code(f"dllm={server.url}", "make mean handle an empty list", "src/stats.py", dry_run=True, live=True)
+    assert run.code == 0, run.err
+    assert "<<<<<<< SEARCH ░░░░░░░░" in run.err and "chunk 1" in run.err  # a frame of the first draft
+    assert run.err.count("if xs else 0.0") >= 2  # the last frame, then the final text printed once
+    assert "+    return sum(xs) / len(xs) if xs else 0.0" in run.out
+
+
+def test_show_context_for_an_endpoint_uses_its_context_length(repo, embedded, server):
+    server.add("/v1/models", models("served", max_model_len=300))
+    run = Code(server.url, "make mean handle an empty list", "src/stats.py", show_context=True)
+    assert run.code == 0, run.err
+    assert "src/stats.py" in run.out and "of " in run.out and server.posts("/v1/chat/completions") == []
+    budget = int(run.out.split(" of ")[1].split()[0])
+    assert budget < 300 - 64
