@@ -298,12 +298,9 @@ def serve(
 
         render_servers(ui.out, servers)
         return
-    try:
-        from .serve.runner import ServeOptions, check_key
-        from .serve.runner import serve as run_server
-    except ImportError as exc:  # FastAPI / uvicorn are the optional extra
-        raise DllmError(f"dllm serve needs FastAPI and uvicorn ({exc.name} is missing); "
-                        "pip install 'dllm-cli[serve]'") from None
+    from .serve.runner import ServeOptions, check_key
+    from .serve.runner import serve as run_server
+
     model_path, _ = settings.model_choice(model)
     run_server(ServeOptions(model=model_path, device=settings.device_choice(device),
                             dtype=settings.dtype_choice(dtype), host=host, port=port,

@@ -476,6 +476,12 @@ def test_serve_refuses_other_hosts_without_a_key_before_loading(repo):
     assert code == 2 and "--queue must be at least 1" in err
 
 
+def test_serve_without_the_extra_says_how_to_install_it(repo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    code, _, err = run(["serve", "--port", "0"])
+    assert code == 1 and "dllm serve needs FastAPI and uvicorn" in err and "pip install 'dllm-cli[serve]'" in err
+
+
 def test_endpoint_and_no_server_contradict(repo):
     code, _, err = run(["code", "--endpoint", "vllm", "--no-server", "x"])
     assert code == 2 and "contradict" in err

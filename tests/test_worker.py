@@ -110,6 +110,7 @@ def test_cancel_stops_the_denoise_at_its_next_step():
     assert isinstance(box.events[-1], Cancelled) and box.events[-1].reason == "the client went away"
     assert sum(isinstance(e, DenoiseStep) for e in box.events) < 20 and backend.closed == [7]
     follow = Inbox()
+    backend.steps = 3
     worker.submit(Request((8,)), SamplerConfig(), follow)
     assert follow.done.wait(10) and follow.events[-1].text == "answer 8"  # the model is free again
     worker.close()

@@ -87,11 +87,15 @@ def url_of(host: str, port: int) -> str:
 
 def serve(opts: ServeOptions, ui: Ui, home: Path) -> None:
     """Run the server in the foreground until Ctrl-C or SIGTERM."""
-    import uvicorn
+    try:
+        import uvicorn
 
+        from .app import create_app
+    except ImportError as exc:  # FastAPI and uvicorn are the optional extra
+        raise DllmError(f"dllm serve needs FastAPI and uvicorn ({exc.name or exc} is missing); "
+                        "pip install 'dllm-cli[serve]'") from None
     from ..backend import open_local
     from ..render import loading
-    from .app import create_app
     from .wire import Served
     from .worker import Worker
 
