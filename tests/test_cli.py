@@ -474,6 +474,8 @@ def test_serve_refuses_other_hosts_without_a_key_before_loading(repo):
     assert code == 2 and "reachable from other machines" in err and "loading" not in err
     code, _, err = run(["serve", "--queue", "0"])
     assert code == 2 and "--queue must be at least 1" in err
+    code, _, err = run(["serve", "--port", "99999"])
+    assert code == 2 and "--port 99999 is not a TCP port" in err
 
 
 def test_serve_without_the_extra_says_how_to_install_it(repo, monkeypatch):

@@ -101,6 +101,8 @@ def serve(opts: ServeOptions, ui: Ui, home: Path) -> None:
 
     if opts.queue < 1:
         raise UsageError("--queue must be at least 1")
+    if not 0 <= opts.port <= 65535:
+        raise UsageError(f"--port {opts.port} is not a TCP port; use 1-65535 (0: any free one)")
     loopback = is_loopback(opts.host)
     if not loopback and not opts.api_key:
         raise UsageError(f"--host {opts.host} is reachable from other machines; set a key first "
