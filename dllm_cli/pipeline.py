@@ -93,8 +93,8 @@ def open_remote(ui: Ui, opts: CodeOptions) -> tuple[RemoteBackend, Checkpoint, b
     from .remote import open_endpoint
 
     assert opts.endpoint is not None
-    local = catalog.inspect(opts.model) if opts.model and (Path(opts.model).expanduser() / "config.json").is_file() \
-        else None
+    folder = Path(opts.model).expanduser() if opts.model else None
+    local = catalog.inspect(folder) if folder is not None and (folder / "config.json").is_file() else None
     remote = open_endpoint(opts.endpoint, local.name if local else opts.model, opts.api_key_env, opts.timeout,
                            opts.home)
     ui.say(f"dllm: using {remote.describe(opts.cfg)}", style="dim")
