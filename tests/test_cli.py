@@ -505,7 +505,8 @@ def test_the_endpoint_comes_from_the_environment_then_the_config(repo, tmp_path,
     code, _, err = run(["code", "--dry-run", "x"], env={"DLLM_TIMEOUT": "soon"})
     assert code == 2 and "$DLLM_TIMEOUT must be a number of seconds" in err
     (home / "config.json").write_text(json.dumps({"endpoint": "mercury"}))
-    code, _, err = run(["code", "--dry-run", "x"])
+    no_keys = {"INCEPTION_API_KEY": None, "MY_KEY": None}  # never reach the real service from a test
+    code, _, err = run(["code", "--dry-run", "x"], env=no_keys)
     assert code == 2 and "set $INCEPTION_API_KEY" in err
-    code, _, err = run(["code", "--dry-run", "--api-key-env", "MY_KEY", "x"])
+    code, _, err = run(["code", "--dry-run", "--api-key-env", "MY_KEY", "x"], env=no_keys)
     assert code == 2 and "set $MY_KEY" in err
