@@ -2,9 +2,11 @@
 
 Knows: what a backend takes (an `events.Request`: the encoded prompt and, for anchored
 infilling, the encoded suffix, plus their text forms for backends that take text) and what it
-yields (`events.Event`: DenoiseSteps while it works, then exactly one Generation), and how to open
-the local engine without importing torch before it is needed. Must not: import torch at module
-level, draw on a terminal, or know what happens to the answer.
+yields (`events.Event`: DenoiseSteps while the local engine works, or TextSnapshots of a remote
+draft, then exactly one Generation), and how to open the local engine without importing torch
+before it is needed. Remote endpoints (remote.py: `dllm serve`, Mercury, SGLang, vLLM) are
+Backends too. Must not: import torch at module level, draw on a terminal, or know what happens
+to the answer.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ __all__ = ["Backend", "Event", "Request", "open_local"]
 
 
 class Backend(Protocol):
-    """generate(request, cfg) yields DenoiseStep events, then one Generation (the answer)."""
+    """generate(request, cfg) yields DenoiseStep (local) or TextSnapshot (remote) events, then one
+    Generation (the answer). A failure a user can fix is a one-line DllmError."""
 
     name: str
-    tokens: SpecialTokens  # the ids the steps' tokens use (the live view draws masks with it)
+    tokens: SpecialTokens  # the ids the steps' tokens use (the live view draws masks with it; a
+    # remote backend, whose events carry text, has placeholders)
 
     def token_text(self, token_id: int) -> str:
         """How one token id prints (for drawing a canvas that still has masks)."""

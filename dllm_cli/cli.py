@@ -33,6 +33,8 @@ EXAMPLES = """Examples:
   pytest -x 2>&1 | dllm code --dry-run "make this test pass" tests/test_pager.py > fix.diff
   dllm apply fix.diff                               # review the diff, then apply it
   dllm undo                                         # restore the files, byte for byte
+  dllm serve                                        # keep the model warm; dllm code then uses it
+  dllm code --endpoint mercury "add a --verbose flag"   # a remote dLLM ($INCEPTION_API_KEY)
   dllm models
   dllm bench --json
 """
@@ -107,6 +109,16 @@ def code(
                       "around them in view (not the prompt's wording). Default: when there are such "
                       "stubs. --no-infill always asks for a chat-format edit.",
                       show_default=False)] = None,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="An OpenAI-compatible server instead of a "
+                        "local model: its base URL (http://127.0.0.1:8000/v1) or a preset: mercury, sglang, vllm, "
+                        "dllm (PRESET=URL for one elsewhere). Default: $DLLM_ENDPOINT, then the user config. "
+                        "--model names the served model (found from the server when not given).",
+                        show_default=False)] = None,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", metavar="NAME", help="The environment "
+                           "variable that holds the endpoint's API key (the key itself is never printed).",
+                           show_default="DLLM_API_KEY; mercury: INCEPTION_API_KEY")] = None,
+    no_server: Annotated[bool, typer.Option("--no-server", help="Load the model here even when a `dllm serve` "
+                         "of it is running (and ignore $DLLM_ENDPOINT / the config's endpoint).")] = False,
 ) -> None:
     """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
     from .catalog import model_name
@@ -119,14 +131,19 @@ def code(
     settings = Settings.load()
     cfg = SamplerConfig.from_options(gen_length=gen_length, steps=steps, block_length=block_length,
                                      temperature=temperature, threshold=threshold, seed=seed, alg=alg)
+    if endpoint and no_server:
+        raise UsageError("--endpoint and --no-server contradict each other; drop one")
     task, stdin_text, notes = read_task(prompt)
-    model_path, _ = settings.model_choice(model)
+    remote = settings.endpoint_choice(endpoint, no_server)
+    model_path = model if remote else settings.model_choice(model)[0]  # with an endpoint: the served name
     review = ReviewOptions(yes=yes, dry_run=dry_run, commit_message=task if commit else None,
                            model_name=model_name(model_path))
     run_code(CodeOptions(task=task, paths=tuple(paths or ()), stdin_text=stdin_text, notes=tuple(notes),
                          model=model_path, device=settings.device_choice(device),
                          dtype=settings.dtype_choice(dtype), cfg=cfg, infill=infill,
-                         show_context=show_context, review=review), ui)
+                         show_context=show_context, review=review, endpoint=remote,
+                         api_key_env=api_key_env or settings.api_key_env, no_server=no_server,
+                         timeout=settings.timeout_choice(), home=settings.home), ui)
 
 
 def read_task(prompt: str) -> tuple[str, str | None, list[str]]:
@@ -247,6 +264,47 @@ def bench(
         ui.write_json(report.as_dict())
     else:
         ui.data(format_report(report))
+
+
+# ---- dllm serve ---------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs --api-key.")]
+        = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one; printed and in the discovery file).")] = 8765,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="DLLM_API_KEY", show_envvar=True,
+                       help="Require this key (Authorization: Bearer KEY). Prefer $DLLM_API_KEY: a key on "
+                       "the command line is visible to other users.", show_default=False)] = None,
+    queue: Annotated[int, typer.Option(help="Requests that may wait behind the running one; more get 503.")] = 32,
+    status: Annotated[bool, typer.Option("--status", help="List the dllm servers running on this machine "
+                                         "and exit.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="With --status: a JSON list on stdout.")] = False,
+) -> None:
+    """Keep a model warm and serve OpenAI-compatible HTTP (docs/serve.md); `dllm code` uses it."""
+    ui = Ui.detect(json_out=json_out)
+    settings = Settings.load()
+    if status:
+        from .serve.runner import status as running
+
+        servers = running(settings.home)
+        if json_out:
+            ui.write_json([s.as_dict() for s in servers])
+            return
+        from .render import render_servers
+
+        render_servers(ui.out, servers)
+        return
+    from .serve.runner import ServeOptions, check_key
+    from .serve.runner import serve as run_server
+
+    model_path, _ = settings.model_choice(model)
+    run_server(ServeOptions(model=model_path, device=settings.device_choice(device),
+                            dtype=settings.dtype_choice(dtype), host=host, port=port,
+                            api_key=check_key(api_key), queue=queue), ui, settings.home)
 
 
 # ---- the edge -----------------------------------------------------------------------------------

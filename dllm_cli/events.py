@@ -1,5 +1,6 @@
 """The plain values that cross dllm's seams: chat messages, a generation request, special token
-ids, denoising step events, the finished generation, and the union of events a backend yields.
+ids, denoising step events, a remote draft's text snapshots, the finished generation, and the union
+of events a backend yields.
 
 Knows: what a request asks, what a step of denoising reports and what a finished generation is,
 in plain Python values (ints, lists, floats, strings). Must not: import torch, decode text, or
@@ -107,4 +108,32 @@ class Generation:
                    sum(g.prompt_tokens for g in parts))
 
 
-Event = Union[DenoiseStep, Generation]  # what a Backend yields: steps, then one Generation
+@dataclass(frozen=True)
+class TextSnapshot:
+    """A remote backend's draft after one streamed chunk (a server sends text, not token ids).
+
+    `text` is the whole draft as it is now: servers that stream diffusion snapshots (Mercury's
+    `"diffusing": true`, `dllm serve`) replace it on every chunk (`mode` "snapshot"); servers that
+    stream increments (SGLang, vLLM) have their pieces joined (`mode` "append"). A `dllm serve`
+    adds what only a local engine knows (its per-chunk extension): `canvas` (each position's text,
+    None while masked), `revealed` / `confidences` (as in DenoiseStep), `step` and `forwards`.
+    """
+
+    index: int  # 0-based number of the chunk that carried text
+    text: str
+    elapsed: float  # seconds since the request was sent
+    done: bool = False
+    mode: str = "snapshot"  # "snapshot" | "append"
+    canvas: tuple[str | None, ...] | None = None
+    revealed: tuple[int, ...] = ()
+    confidences: tuple[float, ...] = ()
+    step: int | None = None
+    forwards: int | None = None
+
+    @property
+    def masked(self) -> int | None:
+        """Positions still masked (servers that report a canvas), else None."""
+        return None if self.canvas is None else sum(1 for piece in self.canvas if piece is None)
+
+
+Event = Union[DenoiseStep, TextSnapshot, Generation]  # what a Backend yields: steps or snapshots, then one Generation

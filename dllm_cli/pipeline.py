@@ -1,20 +1,24 @@
 """`dllm code`, start to finish, as one readable pipeline; the CLI only parses options into a
 `CodeOptions` and calls `code(opts, ui)`.
 
-    inspect the checkpoint → tokenizer → the infill plan (stub bodies the task names) →
-    [--show-context: list and stop] → load the backend → chat mode: gather files → measure the
-    templated prompt → generate (live) → parse edits; infill mode: each region's canvas between
-    its prefix and suffix → generate (live) → the rewritten files → review → --json report
+    [--endpoint: open it] → inspect the checkpoint → tokenizer → the infill plan (stub bodies
+    the task names) → [--show-context: list and stop] → the backend (the endpoint, else a warm
+    `dllm serve` of the same checkpoint, else a local load) → chat mode: gather files → measure
+    the templated prompt → generate (live) → parse edits; infill mode: each region's canvas
+    between its prefix and suffix → generate (live) → the rewritten files → review → --json report
 
 Knows: the order of the steps and which module does each; the two modes' rules (in infill mode
-the model sees only the file around the region, never the prompt's wording or piped stdin).
+the model sees only the file around the region, never the prompt's wording or piped stdin); how
+a remote model's prompt is measured (its own checkpoint when --model names a local folder, else
+the embedded model's tokenizer with the endpoint's context length, which counts code
+conservatively, and only the file window around a region is sent).
 Must not: import torch (the backend does, when it loads), parse options, or catch errors for
 the user (cli.py's edge does).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +31,7 @@ from .edits import Edit
 from .errors import DllmError, PatchError, UsageError
 from .events import Generation, Request
 from .prompt import ChatPrompt, encode_chat, file_budget
+from .remote import RemoteBackend
 from .report import CodeReport, ContextReport, InfillContextReport, RegionRow
 from .review import Outcome, ReviewOptions, review_edits, review_output
 from .tokenizer import Tokenizer
@@ -48,12 +53,22 @@ class CodeOptions:
     infill: bool | None = None  # True: --infill, False: --no-infill, None: when there are stubs
     show_context: bool = False
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    endpoint: str | None = None  # a URL or preset name (--endpoint, $DLLM_ENDPOINT, config); None: local
+    api_key_env: str | None = None  # the variable that holds the endpoint's key; None: the preset's
+    no_server: bool = False  # never use a running `dllm serve`: load the model here
+    timeout: float = 120.0  # seconds an endpoint may stay silent
+    home: Path | None = None  # the dllm home whose discovery files name running servers; None: none
 
 
 def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | None = None) -> None:
     """Run `dllm code`. `backend`: an already open one (a test's scripted model, a server);
-    None loads the checkpoint `opts.model` names."""
-    ckpt = catalog.inspect(opts.model)
+    None: `opts.endpoint`, else a warm `dllm serve` of the checkpoint, else a local load of it."""
+    exact = True  # the prompt is measured with the model's own tokenizer
+    if backend is None and opts.endpoint:
+        backend, ckpt, exact = open_remote(ui, opts)
+        opts = replace(opts, review=replace(opts.review, model_name=backend.name))
+    else:
+        ckpt = catalog.inspect(opts.model)
     tokenizer = Tokenizer.from_checkpoint(ckpt)
     tree = Tree.open(cwd or Path.cwd())
     regions = infill_plan(opts, tree)
@@ -63,11 +78,55 @@ def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | 
     if regions and (opts.stdin_text or opts.notes):  # notes only say how stdin was cut
         ui.say("dllm: piped input not sent: in infill mode the model sees only the file around "
                "the region (--no-infill sends it)", style="yellow")
-    backend = backend or load(ui, ckpt, tokenizer, opts.device, opts.dtype)
+    backend = backend or warm(ui, ckpt, opts) or load(ui, ckpt, tokenizer, opts.device, opts.dtype)
     if regions:
-        fill_regions(ui, backend, ckpt, tokenizer, tree, regions, opts)
+        fill_regions(ui, backend, ckpt, tokenizer, tree, regions, opts, window_text=not exact)
     else:
         chat(ui, backend, ckpt, tokenizer, tree, opts)
+
+
+def open_remote(ui: Ui, opts: CodeOptions) -> tuple[RemoteBackend, Checkpoint, bool]:
+    """The endpoint as a backend, the checkpoint that measures its prompts, and whether that is
+    exact: --model naming a local checkpoint folder (served elsewhere by `dllm serve`) is; else
+    the embedded model's tokenizer with the endpoint's context length (a conservative count)."""
+    from .errors import CheckpointError
+    from .remote import open_endpoint
+
+    assert opts.endpoint is not None
+    folder = Path(opts.model).expanduser() if opts.model else None
+    local = catalog.inspect(folder) if folder is not None and (folder / "config.json").is_file() else None
+    remote = open_endpoint(opts.endpoint, local.name if local else opts.model, opts.api_key_env, opts.timeout,
+                           opts.home)
+    ui.say(f"dllm: using {remote.describe(opts.cfg)}", style="dim")
+    if local is not None:
+        return remote, local, True
+    try:
+        base = catalog.inspect(None)
+    except CheckpointError as err:
+        raise CheckpointError(f"prompts for a remote model are measured with the embedded model's tokenizer: "
+                              f"{err}") from None
+    return remote, replace(base, name=remote.name, context_length=remote.context_length), False
+
+
+def warm(ui: Ui, ckpt: Checkpoint, opts: CodeOptions) -> Backend | None:
+    """A running `dllm serve` of this checkpoint (its discovery file, checked alive), unless
+    --no-server; None: load the model here."""
+    if opts.no_server or opts.home is None:
+        return None
+    from . import discovery
+    from .remote import DEFAULT_KEY_ENV, open_server
+
+    entry = discovery.find(opts.home, ckpt.folder, opts.device, opts.dtype)
+    if entry is None:
+        return None
+    backend = open_server(entry, opts.api_key_env, opts.timeout)
+    if backend is None:
+        ui.say(f"dllm: the server at {entry.url} needs a key and ${opts.api_key_env or DEFAULT_KEY_ENV} is not "
+               "set; loading the model here", style="yellow")
+        return None
+    ui.say(f"dllm: using the warm server at {entry.url} (pid {entry.pid}); --no-server loads the model here",
+           style="dim")
+    return backend
 
 
 def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str) -> Backend:
@@ -87,22 +146,28 @@ def generate_live(ui: Ui, backend: Backend, request: Request, cfg: SamplerConfig
     mode = "live" if ui.live else ("quiet" if ui.json else "line")
     view = DenoiseView(ui.err, backend.token_text, backend.tokens, cfg.gen_length, mode=mode)
     with view:
-        gen = generate.run(backend, request, cfg, view.update)
+        gen = generate.run(backend, request, cfg, view.update, view.update_text)
     view.finish(gen, show_text=not ui.json)
     return gen
 
 
-def finish(ui: Ui, model: str, gen: Generation, review: Callable[[Outcome], Outcome]) -> None:
+def finish(ui: Ui, model: str, gen: Generation, review: Callable[[Outcome], Outcome],
+           endpoint: str | None = None) -> None:
     """Review the generation's answer; with --json, the report is printed also when it fails."""
     outcome = Outcome()
     try:
         review(outcome)
     except DllmError as err:
         if ui.json:
-            ui.write_json(CodeReport(model, gen, outcome, err).as_dict())
+            ui.write_json(CodeReport(model, gen, outcome, err, endpoint).as_dict())
         raise
     if ui.json:
-        ui.write_json(CodeReport(model, gen, outcome).as_dict())
+        ui.write_json(CodeReport(model, gen, outcome, endpoint=endpoint).as_dict())
+
+
+def endpoint_of(backend: Backend) -> str | None:
+    """The base URL a remote backend talks to (the --json report's "endpoint"); None: local."""
+    return backend.url if isinstance(backend, RemoteBackend) else None
 
 
 # ---- chat mode ----------------------------------------------------------------------------------
@@ -122,7 +187,8 @@ def chat(ui: Ui, backend: Backend, ckpt: Checkpoint, tokenizer: Tokenizer, tree:
     for line in prompt.context.report_lines():
         ui.say(f"dllm: {line}", style="yellow")
     gen = generate_live(ui, backend, Request(prompt.ids, messages=prompt.messages), opts.cfg)
-    finish(ui, ckpt.name, gen, lambda outcome: review_output(gen.text, tree.root, opts.review, ui, outcome))
+    finish(ui, ckpt.name, gen, lambda outcome: review_output(gen.text, tree.root, opts.review, ui, outcome),
+           endpoint_of(backend))
 
 
 def show_context(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree, opts: CodeOptions) -> None:
@@ -170,15 +236,20 @@ def region_canvas(tokenizer: Tokenizer, text: str, region: infill.Region, gen_le
 
 
 def fill_regions(ui: Ui, backend: Backend, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree,
-                 regions: list[infill.Region], opts: CodeOptions) -> None:
+                 regions: list[infill.Region], opts: CodeOptions, window_text: bool = False) -> None:
     """Fill each region (bottom-up per file, so line numbers above stay valid), then review one
-    patch of all the rewritten files."""
+    patch of all the rewritten files. `window_text`: send only the text of the canvas's window
+    (a remote model that dllm measures with another tokenizer), not the whole file around it."""
     window, cfg = infill_window(ckpt), opts.cfg
     texts: dict[str, str] = {}
     gens: list[Generation] = []
     for r in sorted(regions, key=lambda r: (r.path, -r.start)):
         text = texts.get(r.path, r.text)
         prefix, suffix, pre, suf = region_canvas(tokenizer, text, r, cfg.gen_length, window)
+        if window_text:
+            eos = tokenizer.eos_token_id
+            prefix = tokenizer.decode(pre[1:] if pre[:1] == [eos] else pre)
+            suffix = tokenizer.decode(suf[:-1] if suf[-1:] == [eos] else suf)
         ui.say(f"dllm: filling {r.what} in {r.path} (lines {r.start + 1}-{r.end}; "
                f"{len(pre) + len(suf)} tokens of context)")
         gen = generate_live(ui, backend, Request(tuple(pre), tuple(suf), prefix=prefix, suffix=suffix), cfg)
@@ -194,7 +265,8 @@ def fill_regions(ui: Ui, backend: Backend, ckpt: Checkpoint, tokenizer: Tokenize
             ui.say(f"dllm: warning: {path} would not compile with this body ({problem}); "
                    "read the diff before applying", style="yellow")
     edits = [Edit(path, None, text, "whole_file") for path, text in texts.items()]
-    finish(ui, ckpt.name, gen, lambda outcome: review_edits(edits, tree.root, opts.review, ui, outcome))
+    finish(ui, ckpt.name, gen, lambda outcome: review_edits(edits, tree.root, opts.review, ui, outcome),
+           endpoint_of(backend))
 
 
 def show_infill_context(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, tree: Tree,

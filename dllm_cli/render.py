@@ -2,14 +2,16 @@
 Patch), the context tables (chat and infill mode), the `dllm models` table and the load
 progress bar.
 
-Knows: Rich renderables, terminal size, frame-rate and height limits. Draws on the console it is
-given (stderr for people; stdout only for data). Model output is untrusted: it is drawn as plain
-`Text` (never markup) with control characters made visible. Must not: import torch (it sees
-token ids as plain ints), read input, or open consoles (ui.py does).
+Knows: Rich renderables, terminal size, frame-rate and height limits; a remote endpoint's drafts
+(text snapshots, replaced on each chunk with what changed highlighted, or increments appended).
+Draws on the console it is given (stderr for people; stdout only for data). Model output is
+untrusted: it is drawn as plain `Text` (never markup) with control characters made visible.
+Must not: import torch (it sees token ids as plain ints), read input, or open consoles (ui.py does).
 """
 
 from __future__ import annotations
 
+import difflib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,11 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 from rich.console import Console, Group
 from rich.text import Text
 
-from .events import DenoiseStep, Generation, SpecialTokens
+from .events import DenoiseStep, Generation, SpecialTokens, TextSnapshot
 
 if TYPE_CHECKING:
     from .catalog import ModelRow
     from .context import Context
+    from .discovery import ServerEntry
     from .patch import Patch
 
 MASK_GLYPH = "░"
@@ -82,6 +85,39 @@ def canvas_text(tokens: Sequence[int], texts: TokenTexts, mask_id: int, *,
     return out
 
 
+def draft_text(text: str, before: str, mode: str = "snapshot") -> Text:
+    """A remote draft as styled text: what changed since `before` (the last frame drawn)
+    highlighted; "append" mode (increments) highlights the new tail only."""
+    out = Text()
+    if mode == "append" or not before:
+        keep = len(before) if text.startswith(before) else 0
+        out.append(printable(text[:keep]))
+        out.append(printable(text[keep:]), STYLE_NEW if before or mode == "append" else "")
+        return out
+    matcher = difflib.SequenceMatcher(None, before, text, autojunk=False)
+    for op, _, _, j1, j2 in matcher.get_opcodes():
+        out.append(printable(text[j1:j2]), "" if op == "equal" else STYLE_NEW)
+    return out
+
+
+def pieces_text(canvas: Sequence[str | None], *, revealed: Iterable[int] = (),
+                confidence: dict[int, float] | None = None) -> Text:
+    """A `dllm serve` canvas (each position's text, None while masked), styled as canvas_text."""
+    new = set(revealed)
+    confidence = confidence or {}
+    out = Text()
+    for pos, piece in enumerate(canvas):
+        if piece is None:
+            out.append(MASK_GLYPH, STYLE_MASK)
+        elif pos in new:
+            out.append(printable(piece), STYLE_NEW)
+        elif confidence.get(pos, 1.0) < LOW_CONFIDENCE:
+            out.append(printable(piece), STYLE_LOW)
+        else:
+            out.append(printable(piece))
+    return out
+
+
 def last_lines(text: Text, console: Console, height: int) -> Text:
     """The last `height` wrapped lines of `text` at the console's width."""
     lines = text.wrap(console, max(console.width, 10), overflow="fold")
@@ -127,6 +163,7 @@ class DenoiseView:
         self.frames = 0
         self._last_draw = float("-inf")
         self._live: Any = None
+        self._drawn = ""  # the remote draft as last drawn (what changed since is highlighted)
 
     def __enter__(self) -> "DenoiseView":
         if self.mode == "live":
@@ -158,6 +195,41 @@ class DenoiseView:
             self._live.update(self.frame(step), refresh=True)
         elif self.mode == "line" and not step.done:
             self.console.print(f"dllm: {p.line()}", markup=False, highlight=False)
+
+    def update_text(self, snap: TextSnapshot) -> None:
+        """A remote draft (TextSnapshot): the canvas when the server sends one (`dllm serve`), else
+        the draft, replaced or grown, with what changed since the last frame highlighted."""
+        p = self.progress
+        p.steps = (snap.step + 1) if snap.step is not None else snap.index + 1
+        p.forwards, p.elapsed = snap.forwards or 0, snap.elapsed
+        self.confidence.update(zip(snap.revealed, snap.confidences))
+        if snap.canvas is not None:
+            p.gen_length = len(snap.canvas)
+            p.committed = len(snap.canvas) - (snap.masked or 0)
+        now = time.monotonic()
+        if not snap.done and now - self._last_draw < self._interval():
+            return
+        self._last_draw = now
+        self.frames += 1
+        if self._live is not None:
+            self._live.update(self.text_frame(snap), refresh=True)
+        elif self.mode == "line" and not snap.done:
+            self.console.print(f"dllm: {self.text_status(snap)}", markup=False, highlight=False)
+
+    def text_status(self, snap: TextSnapshot) -> str:
+        if snap.canvas is not None:
+            return self.progress.line()
+        what = "draft" if snap.mode == "snapshot" else "text"
+        return f"chunk {snap.index + 1} · {what} {len(snap.text)} chars · {snap.elapsed:.1f} s"
+
+    def text_frame(self, snap: TextSnapshot) -> Group:
+        if snap.canvas is not None:
+            text = pieces_text(snap.canvas, revealed=snap.revealed, confidence=self.confidence)
+        else:
+            text = draft_text(snap.text, self._drawn, snap.mode)
+        self._drawn = snap.text
+        height = max(self.console.size.height - 2, 1)
+        return Group(last_lines(text, self.console, height), Text(self.text_status(snap), style=STYLE_STATUS))
 
     def _interval(self) -> float:
         return self.min_interval if self.mode == "live" else LINE_PROGRESS_EVERY_S
@@ -272,4 +344,24 @@ def render_models(console: Console, rows: Sequence["ModelRow"]) -> None:
     for r in rows:
         table.add_row("*" if r.chosen else "", printable(r.name), r.family, r.params_human, r.dtype,
                       str(r.context or "-"), printable(r.licence), r.source, printable(r.path))
+    console.print(table)
+
+
+# ---- dllm serve --status -----------------------------------------------------------------------
+
+def render_servers(console: Console, servers: Sequence["ServerEntry"]) -> None:
+    """The running `dllm serve` processes (from their discovery files, checked alive)."""
+    from rich.table import Table
+
+    from .discovery import uptime
+
+    if not servers:
+        console.print("no dllm server is running on this machine (start one: dllm serve)", markup=False)
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("url", "model", "device", "dtype", "key", "pid", "up", "checkpoint"):
+        table.add_column(column)
+    for s in servers:
+        table.add_row(s.url, printable(s.model), s.device, s.dtype, "required" if s.auth else "no", str(s.pid),
+                      uptime(s), printable(s.checkpoint))
     console.print(table)

@@ -27,6 +27,7 @@ class CodeReport:
     gen: Generation
     outcome: "Outcome | None" = None
     error: DllmError | None = None  # what ended the run after generation (exit code and message)
+    endpoint: str | None = None  # the remote endpoint's base URL; None: the model ran here
 
     def as_dict(self) -> dict[str, Any]:
         outcome, error = self.outcome, self.error
@@ -39,7 +40,7 @@ class CodeReport:
             "patch": patch.diff if patch is not None else None,
             "files": list(patch.files) if patch is not None else [],
             "applied": bool(outcome and outcome.applied),
-            "exit_code": error.exit_code if error is not None else 0}
+            "exit_code": error.exit_code if error is not None else 0, "endpoint": self.endpoint}
         if error is not None:
             data["error"] = str(error)
         return data

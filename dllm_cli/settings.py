@@ -1,9 +1,11 @@
 """Where dllm's user files live and what the user chose: read once, at the edge, then handed down.
 
 Knows: DLLM_HOME / XDG_CONFIG_HOME, `<home>/config.json` ({"model": ..., "device": ..., "dtype":
-...}), $DLLM_MODEL, and the precedence of every choice: command-line option > environment >
-user config > built-in default. Must not: import torch, look inside a checkpoint (catalog.py does),
-or read the config file more than once per `Settings.load()`.
+..., "endpoint": ..., "api_key_env": ..., "timeout": ...}), $DLLM_MODEL, $DLLM_ENDPOINT,
+$DLLM_TIMEOUT, and the precedence of every choice: command-line option > environment > user
+config > built-in default. It holds the *name* of the variable with an API key, never a key.
+Must not: import torch, look inside a checkpoint (catalog.py does), or read the config file
+more than once per `Settings.load()`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Mapping
 
 from .errors import UsageError
 
-KNOWN_KEYS = ("model", "device", "dtype")
+KNOWN_KEYS = ("model", "device", "dtype", "endpoint", "api_key_env")
+DEFAULT_TIMEOUT = 120.0  # seconds a remote endpoint may stay silent (read timeout)
 
 
 def home_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -37,6 +40,10 @@ class Settings:
     device: str | None = None
     dtype: str | None = None
     env_model: str | None = None  # $DLLM_MODEL
+    endpoint: str | None = None  # "endpoint" in the user config: a URL or a preset name
+    env_endpoint: str | None = None  # $DLLM_ENDPOINT
+    api_key_env: str | None = None  # "api_key_env": the variable that holds the endpoint's key
+    timeout: float | None = None  # $DLLM_TIMEOUT, else "timeout" in the user config
     extra: Mapping[str, Any] = field(default_factory=dict)  # other keys of the user config
 
     @classmethod
@@ -59,7 +66,9 @@ class Settings:
                 raise UsageError(f"{path}: {key!r} must be a string; fix the file")
         return cls(home=home, model=data.get("model"), device=data.get("device"),
                    dtype=data.get("dtype"), env_model=env.get("DLLM_MODEL") or None,
-                   extra={k: v for k, v in data.items() if k not in KNOWN_KEYS})
+                   endpoint=data.get("endpoint"), env_endpoint=env.get("DLLM_ENDPOINT") or None,
+                   api_key_env=data.get("api_key_env"), timeout=_timeout(env, data, path),
+                   extra={k: v for k, v in data.items() if k not in KNOWN_KEYS + ("timeout",)})
 
     @property
     def models_dir(self) -> Path:
@@ -74,6 +83,17 @@ class Settings:
                 return value, source
         return None, "default"
 
+    def endpoint_choice(self, option: str | None, no_server: bool = False) -> str | None:
+        """The remote endpoint (URL or preset name) `dllm code` uses, or None for a local model:
+        --endpoint > $DLLM_ENDPOINT > user config. --no-server (a local load) turns the last two off."""
+        if option:
+            return option
+        return None if no_server else (self.env_endpoint or self.endpoint or None)
+
+    def timeout_choice(self) -> float:
+        """Seconds a remote endpoint may stay silent: $DLLM_TIMEOUT > user config > 120."""
+        return self.timeout or DEFAULT_TIMEOUT
+
     def device_choice(self, option: str | None) -> str:
         """--device > user config > "auto" (cuda, then mps, then cpu)."""
         return option or self.device or "auto"
@@ -81,3 +101,18 @@ class Settings:
     def dtype_choice(self, option: str | None) -> str:
         """--dtype > user config > "auto" (bfloat16 on cuda, float16 on mps, float32 on cpu)."""
         return option or self.dtype or "auto"
+
+
+def _timeout(env: Mapping[str, str], data: Mapping[str, Any], path: Path) -> float | None:
+    """$DLLM_TIMEOUT, else "timeout" in the config: a positive number of seconds (UsageError)."""
+    for value, where in ((env.get("DLLM_TIMEOUT"), "$DLLM_TIMEOUT"), (data.get("timeout"), f"{path}: 'timeout'")):
+        if value is None or value == "":
+            continue
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = -1.0
+        if not seconds > 0 or isinstance(value, bool):
+            raise UsageError(f"{where} must be a number of seconds above 0, not {value!r}")
+        return seconds
+    return None

@@ -90,7 +90,7 @@ def test_openmp_threads_do_not_spin_unless_the_user_says_so(monkeypatch):
 
 
 @pytest.mark.parametrize("args, expect", [(["--help"], "Examples:"), (["--version"], "dllm 0.1.0"),
-                                          (["code", "--help"], "--dry-run")])
+                                          (["code", "--help"], "--dry-run"), (["serve", "--help"], "--api-key")])
 def test_help_and_version_never_import_torch(args, expect):
     done, seconds, torch_loaded = probe(args)
     assert expect in done.stdout
@@ -458,3 +458,55 @@ def test_infill_with_a_dreamon_checkpoint_uses_the_expanding_loop(repo, tmp_path
     assert data["model"] == "dreamon" and data["forwards"] == data["steps"]  # one token per step
     code, out, _ = run(["models", "--json", str(ckpt)])
     assert [r["family"] for r in json.loads(out) if r["source"] == "argument"] == ["dreamon"]
+
+
+# ---- dllm serve and endpoints -------------------------------------------------------------------
+
+def test_serve_status_without_servers(repo):
+    code, out, err = run(["serve", "--status"])
+    assert code == 0 and "no dllm server is running" in out
+    code, out, _ = run(["serve", "--status", "--json"])
+    assert code == 0 and json.loads(out) == []
+
+
+def test_serve_refuses_other_hosts_without_a_key_before_loading(repo):
+    code, _, err = run(["serve", "--host", "0.0.0.0", "--port", "0"])
+    assert code == 2 and "reachable from other machines" in err and "loading" not in err
+    code, _, err = run(["serve", "--queue", "0"])
+    assert code == 2 and "--queue must be at least 1" in err
+    code, _, err = run(["serve", "--port", "99999"])
+    assert code == 2 and "--port 99999 is not a TCP port" in err
+
+
+def test_serve_without_the_extra_says_how_to_install_it(repo, monkeypatch):
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import uvicorn now raises ImportError
+    code, _, err = run(["serve", "--port", "0"])
+    assert code == 1 and "dllm serve needs FastAPI and uvicorn" in err and "pip install 'dllm-cli[serve]'" in err
+
+
+def test_endpoint_and_no_server_contradict(repo):
+    code, _, err = run(["code", "--endpoint", "vllm", "--no-server", "x"])
+    assert code == 2 and "contradict" in err
+
+
+def test_the_endpoint_comes_from_the_environment_then_the_config(repo, tmp_path, monkeypatch):
+    from replay import free_port
+
+    port = free_port()
+    code, _, err = run(["code", "--dry-run", "x"], env={"DLLM_ENDPOINT": f"http://127.0.0.1:{port}/v1"})
+    assert code == 1 and f"cannot reach http://127.0.0.1:{port}/v1" in err and err.count("\n") == 1
+    home = Path(os.environ["DLLM_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.json").write_text(json.dumps({"endpoint": "nonsense", "timeout": 3}))
+    code, _, err = run(["code", "--dry-run", "x"])
+    assert code == 2 and "--endpoint 'nonsense': expected a base URL" in err
+    code, _, err = run(["code", "--dry-run", "--no-server", "x"])  # a local load: the config's endpoint is ignored
+    assert code == 1 and "the embedded default model is missing" in err
+    code, _, err = run(["code", "--dry-run", "x"], env={"DLLM_TIMEOUT": "soon"})
+    assert code == 2 and "$DLLM_TIMEOUT must be a number of seconds" in err
+    (home / "config.json").write_text(json.dumps({"endpoint": "mercury"}))
+    no_keys = {"INCEPTION_API_KEY": None, "MY_KEY": None}  # never reach the real service from a test
+    code, _, err = run(["code", "--dry-run", "x"], env=no_keys)
+    assert code == 2 and "set $INCEPTION_API_KEY" in err
+    code, _, err = run(["code", "--dry-run", "--api-key-env", "MY_KEY", "x"], env=no_keys)
+    assert code == 2 and "set $MY_KEY" in err

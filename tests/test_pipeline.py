@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 from rich.console import Console
@@ -254,3 +255,48 @@ def test_ctrl_c_while_denoising_changes_nothing(repo, dream_ckpt, interrupt_afte
     with pytest.raises(KeyboardInterrupt):
         Run(dream_ckpt, [EDIT], "fix mean", "src/stats.py", yes=True, interrupt_after=interrupt_after)
     assert snapshot(repo) == before
+
+
+# ---- the backend: a warm dllm serve by discovery, else a local load ---------------------------
+
+def warm_run(ckpt, home, task, *paths, **opts):
+    err, out = Console(file=io.StringIO(), width=200), Console(file=io.StringIO(), width=200)
+    ui = Ui(err, out, live=False, can_confirm=False)
+    options = pipeline.CodeOptions(task=task, paths=paths, model=str(ckpt), home=home,
+                                   cfg=SamplerConfig.from_options(gen_length=32),
+                                   review=ReviewOptions(dry_run=True), **opts)
+    pipeline.code(options, ui)
+    return out.file.getvalue(), err.file.getvalue()
+
+
+def test_a_running_server_of_the_same_checkpoint_is_used_instead_of_loading(repo, dream_ckpt, tmp_path, monkeypatch):
+    import time
+
+    from dllm_cli import discovery, render
+
+    from replay import Json, Replay, Sse, increment_chunks
+
+    monkeypatch.setattr(render, "loading", None)  # a local load would fail loudly
+    with Replay() as server:
+        server.add("/health", Json(200, {"status": "ok", "instance": "i-1"}))
+        server.add("/v1/chat/completions", Sse(increment_chunks([EDIT])))
+        entry = discovery.ServerEntry(server.url, os.getpid(), str(dream_ckpt.resolve()), dream_ckpt.name, "cpu",
+                                      "float32", False, "i-1", time.time())
+        discovery.register(tmp_path, entry)
+        out, err = warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py")
+        assert f"using the warm server at {server.url}" in err and "+    return sum(xs) / len(xs) if xs else 0.0" in out
+        sent = server.posts("/v1/chat/completions")[-1].body
+        assert sent["model"] == dream_ckpt.name and sent["max_tokens"] == 32
+        assert sent["dllm"] == {"block_length": 32, "threshold": 0.9, "alg": "low_confidence"}
+        tok = Tokenizer.from_checkpoint(catalog.inspect(dream_ckpt))
+        assert len(tok.encode(tok.apply_chat_template(sent["messages"]))) > 0  # the server templates them
+        # a key it needs and does not have, or another device asked for: load here instead
+        discovery.register(tmp_path, discovery.ServerEntry(**{**entry.as_dict(), "auth": True}))
+        monkeypatch.delenv("DLLM_API_KEY", raising=False)
+        with pytest.raises(TypeError):  # render.loading is None: the local load was attempted
+            warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py")
+        discovery.register(tmp_path, entry)
+        with pytest.raises(TypeError):
+            warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py", device="cuda")
+        with pytest.raises(TypeError):
+            warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py", no_server=True)

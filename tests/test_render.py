@@ -191,3 +191,78 @@ def test_loading_is_a_progress_bar_on_a_terminal_and_one_line_on_a_pipe():
         assert pipe.file.getvalue() == ""
         describe("tiny (float32) on cpu")
     assert pipe.file.getvalue() == "dllm: loading tiny (float32) on cpu ...\n"
+
+
+# ---- remote drafts (TextSnapshot) -----------------------------------------------------------
+
+def test_a_snapshot_draft_highlights_what_changed_since_the_last_frame():
+    from dllm_cli.render import draft_text
+
+    text = draft_text("def f(x):\n    return x", "def g(░):\n    ░░░░░░ x")
+    new = "".join(text.plain[s.start:s.end] for s in text.spans if str(s.style) == STYLE_NEW)
+    assert text.plain == "def f(x):\n    return x" and new == "fxreturn"
+    assert draft_text("same", "same").spans == []
+    grown = draft_text("abc\x1bdef", "abc", mode="append")
+    assert grown.plain == "abc␛def" and [grown.plain[s.start:s.end] for s in grown.spans] == ["␛def"]
+
+
+def test_live_view_of_mercury_snapshots_replaces_the_draft_each_chunk():
+    from dllm_cli.events import TextSnapshot
+
+    drafts = ["d░░ ░░░░", "def ░(░:", "def f(x):", "def f(x):\n    return x"]
+    con = console(width=40, height=6)
+    view = DenoiseView(con, lambda i: "", TOKENS, 64, mode="live", max_fps=1e9)
+    frames = []
+    with view:
+        for i, d in enumerate(drafts):
+            snap = TextSnapshot(i, d, 0.1 * (i + 1))
+            view.update_text(snap)
+            frames.append(view.text_frame(snap))
+    assert view.frames == len(drafts)
+    assert "chunk 4 · draft 22 chars · 0.4 s" == view.text_status(TextSnapshot(3, drafts[-1], 0.4))
+    view.finish(Generation(drafts[-1], 7, 4, 0, 0.4))
+    out = con.file.getvalue()
+    assert "def f(x):" in out and "return x" in out and "chunk 4" in out
+
+
+def test_live_view_of_a_dllm_server_draws_its_canvas():
+    from dllm_cli.events import TextSnapshot
+
+    con = console(width=40, height=6)
+    view = DenoiseView(con, lambda i: "", TOKENS, 4, mode="live", max_fps=1e9)
+    snap = TextSnapshot(0, "def░░", 0.1, canvas=("def", " f", None, None), revealed=(1,), confidences=(0.3,),
+                        step=0, forwards=1)
+    with view:
+        view.update_text(snap)
+        frame = view.text_frame(snap)
+    text = frame.renderables[0]
+    assert text.plain == f"def f{MASK_GLYPH}{MASK_GLYPH}"
+    styles = {text.plain[s.start:s.end]: str(s.style) for s in text.spans}
+    assert styles[" f"] == STYLE_NEW and styles[MASK_GLYPH] == "grey42"
+    assert view.progress.committed == 2 and view.progress.gen_length == 4 and "step 1 · 2/4 tokens" in \
+        view.text_status(snap)
+
+
+def test_line_mode_for_remote_drafts():
+    from dllm_cli.events import TextSnapshot
+
+    con = console(terminal=False)
+    view = DenoiseView(con, lambda i: "", TOKENS, 8, mode="line")
+    with view:
+        view.update_text(TextSnapshot(0, "ab", 0.1, mode="append"))
+        view.update_text(TextSnapshot(1, "abc", 0.2, mode="append"))
+    assert con.file.getvalue() == "dllm: chunk 1 · text 2 chars · 0.1 s\n"
+
+
+def test_render_servers_lists_the_running_ones():
+    from dllm_cli.discovery import ServerEntry
+    from dllm_cli.render import render_servers
+
+    con = console(width=150, terminal=False)
+    render_servers(con, [])
+    assert "no dllm server is running" in con.file.getvalue()
+    entry = ServerEntry("http://127.0.0.1:8765/v1", 42, "/m/tiny", "tiny", "cpu", "float32", True, "i",
+                        time.time() - 3725)
+    render_servers(con, [entry])
+    out = con.file.getvalue()
+    assert "http://127.0.0.1:8765/v1" in out and "required" in out and "1h02m" in out and "/m/tiny" in out
