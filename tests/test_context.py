@@ -86,10 +86,15 @@ def test_secrets_never_sent_even_when_named(repo):
     assert not {f.path for f in ctx.files} & set(named)
 
 
-def test_private_key_content_is_a_secret_whatever_the_name(repo):
-    (repo / "notes.txt").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
+def test_private_key_content_is_redacted_in_place_whatever_the_name(repo):
+    (repo / "notes.txt").write_text("see below\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n"
+                                    "-----END OPENSSH PRIVATE KEY-----\nafter\n")
     ctx = gather("notes", ["notes.txt"], count_tokens=words, budget=1000, cwd=repo)
-    assert ctx.files == () and "private key" in ctx.skipped[0].reason
+    (sent,) = ctx.files
+    assert "b3BlbnNzaC1rZXk" not in sent.text and "[dllm-redacted:private-key]" in sent.text
+    assert sent.text.startswith("see below\n-----BEGIN OPENSSH PRIVATE KEY-----\n") and "after" in sent.text
+    assert [(r.path, r.line, r.kind) for r in ctx.redactions] == [("notes.txt", 2, "private-key")]
+    assert "redacted 1 secret in notes.txt (private-key line 2)" in ctx.report_lines()
 
 
 @pytest.mark.parametrize("path, secret", [

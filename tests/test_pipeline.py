@@ -140,8 +140,8 @@ def test_chat_mode_reads_each_file_once_and_never_scans_for_stubs(repo, dream_ck
     for i in range(5):
         (repo / f"src/m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
     reads, parses = [], []
-    real_read, real_functions = context.read_text, infill.functions
-    monkeypatch.setattr(context, "read_text", lambda path: reads.append(path.name) or real_read(path))
+    real_read, real_functions = context.read_file, infill.functions
+    monkeypatch.setattr(context, "read_file", lambda path: reads.append(path.name) or real_read(path))
     monkeypatch.setattr(infill, "functions", lambda text: parses.append(text) or real_functions(text))
     run = Run(dream_ckpt, ["no edit"], "make mean handle an empty list")
     assert run.code == 3
