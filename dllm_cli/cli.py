@@ -291,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     # user set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     previous = _end_on_signals()
+    _STOPPED_BY.clear()
     try:
         _run(argv)
     except SystemExit as done:
@@ -310,8 +311,19 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_STOPPED_BY: list[int] = []  # the SIGTERM / SIGHUP that ended this command (typer turns it into Exit(130))
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    _STOPPED_BY.append(signum)
     raise Terminated(signum)
+
+
+def _interrupted() -> NoReturn:
+    if _STOPPED_BY:
+        signum = _STOPPED_BY.pop()
+        _fail(f"stopped by {signal.Signals(signum).name}; nothing was changed", 128 + signum)
+    _fail("interrupted; nothing was changed", 130)
 
 
 def _end_on_signals() -> dict[int, Any]:
@@ -346,11 +358,8 @@ def _run(argv: list[str] | None) -> None:
         result = app(args=argv, prog_name="dllm", standalone_mode=False)
     except DllmError as err:
         _fail(str(err), err.exit_code)
-    except Terminated as stop:
-        name = signal.Signals(stop.signum).name
-        _fail(f"stopped by {name}; nothing was changed", 128 + stop.signum)
     except (KeyboardInterrupt, typer.Abort):  # typer maps Ctrl-C to Exit(130), EOF to Abort
-        _fail("interrupted; nothing was changed", 130)
+        _interrupted()
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.TyperException as err:  # click's usage errors (exit 2); typer vendors click
@@ -366,7 +375,7 @@ def _run(argv: list[str] | None) -> None:
             raise
         _fail(unexpected(exc), 1)
     if result == 130:
-        _fail("interrupted; nothing was changed", 130)
+        _interrupted()
     sys.exit(result if isinstance(result, int) else 0)
 
 

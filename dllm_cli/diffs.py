@@ -2,7 +2,9 @@
 
 Knows: reading a diff with `unidiff` (hunk line counts must match their headers; a hunk cut off
 is an error), what that library lets pass and git does not (a malformed `@@` header, a `diff
---git` file cut off after its `---`/`+++` lines), terminal colour codes (stripped, and said so),
+--git` file cut off after its `---`/`+++` lines), terminal colour codes (refused: coloured output
+crops long lines and draws control characters as symbols, so stripping the codes would not give
+the diff back),
 and git apply's placement rules without fuzz: every context and removed line must equal the
 file's line byte for byte; a hunk is looked for at its stated line, then one line after, one
 before, two after, ... (the nearest exact match wins); a hunk starting at old line 0 or 1 must
@@ -71,10 +73,16 @@ class FileDiff:
 
 # --- reading --------------------------------------------------------------------------------
 
-def strip_colour(text: str) -> tuple[str, bool]:
-    """(text without terminal escape sequences, whether there were any)."""
-    clean = ANSI.sub("", text)
-    return clean, clean != text
+def colour_problem(text: str, source: str) -> str | None:
+    """Why a diff holding terminal escape sequences is refused (None when it holds none)."""
+    m = ANSI.search(text)
+    if m is None:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    return (f"{source} holds terminal colour codes (line {line}: {m.group()!r}): it was written with colour "
+            "forced on (FORCE_COLOR), and coloured output is not a faithful diff (long lines are cut to the "
+            "terminal width, control characters are drawn as symbols); nothing was changed — write it "
+            "again without colour: NO_COLOR=1 dllm code --dry-run ... > fix.diff")
 
 
 def parse(text: str, source: str = "the diff") -> list[FileDiff]:
@@ -163,10 +171,12 @@ def _hunk(h: object) -> Hunk:
 
 # --- applying ---------------------------------------------------------------------------------
 
-def strict_patch(root: Path, text: str, source: str = "the diff") -> tuple[Patch, bool]:
-    """(the checked patch, whether colour codes were stripped) for a diff from outside; nothing
-    is written. PatchError (exit 3) for anything `git apply --check` would refuse."""
-    text, coloured = strip_colour(text)
+def strict_patch(root: Path, text: str, source: str = "the diff") -> Patch:
+    """The checked patch of a diff from outside; nothing is written. PatchError (exit 3) for
+    anything `git apply --check` would refuse, and for a diff holding terminal colour codes."""
+    problem = colour_problem(text, source)
+    if problem:
+        raise PatchError(problem)
     files = parse(text, source)
     if not files:
         raise PatchError(f"{source}: no unified diff found (expected ---/+++ headers and @@ hunks; "
@@ -186,7 +196,7 @@ def strict_patch(root: Path, text: str, source: str = "the diff") -> tuple[Patch
     check_markers(changes)
     if not changes:
         raise PatchError(f"{source}: the diff changes nothing in the files; nothing to apply")
-    return Patch(tuple(changes), unified_diff(changes)), coloured
+    return Patch(tuple(changes), unified_diff(changes))
 
 
 def _apply_file(rel: str, fd: FileDiff, data: bytes | None, source: str) -> bytes | None:

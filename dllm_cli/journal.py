@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from . import repo
-from .errors import PatchError
+from .errors import Interrupted, PatchError
 from .patch import FileChange, Patch, check_path, read_current, unified_diff
 
 LOCK_TIMEOUT = 30.0  # seconds to wait for another dllm's check-and-write
@@ -248,19 +248,27 @@ def _signals_held() -> Iterator[_Held]:
 
 
 def _deliver(signum: int) -> None:
-    """Deliver a held signal now that its handler is back; KeyboardInterrupt if the handler returns."""
-    signal.raise_signal(signum)
+    """Deliver a held signal now that its handler is back (the default action for SIG_DFL);
+    KeyboardInterrupt if the handler returns."""
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
+        time.sleep(1)  # the default action (termination) lands here
     raise KeyboardInterrupt
 
 
-def _pause(stage: str, held: Callable[[], bool] = lambda: False) -> None:
-    """The test seam (see the module docstring)."""
+def _pause(stage: str, held: _Held | None = None) -> None:
+    """The test seam (see the module docstring): waits for stdin, or for a signal held after the
+    pause began."""
     wanted = os.environ.get("DLLM_TEST_PAUSE_AT")
     if not wanted or stage not in wanted.split(","):
         return
     os.write(2, f"dllm-test: paused at {stage}\n".encode())
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
-    while not held():
+    before = len(held.signals) if held is not None else 0
+    while held is None or len(held.signals) == before:
         if stdin < 0:
             time.sleep(0.05)
             continue
@@ -310,7 +318,7 @@ class _Conflict(Exception):
         self.paths = paths
 
 
-def _roll(root: Path, txn: dict[str, Any], held: Callable[[], bool], *, verify: bool = True) -> None:
+def _roll(root: Path, txn: dict[str, Any], held: _Held | None, *, verify: bool = True) -> None:
     """Bring every file of `txn` to its target side ("new" going forward, "old" going back):
     temp files first (fsynced), then the renames and unlinks; a file already there is left."""
     to, frm = ("new", "old") if txn["direction"] == "forward" else ("old", "new")
@@ -375,14 +383,23 @@ def _entry_from(txn: dict[str, Any]) -> dict[str, Any]:
                       for f in txn["files"]]}
 
 
+def _record_entry(state_dir: Path, txn: dict[str, Any], held: _Held | None = None) -> Path:
+    """Write the completed apply's journal entry (once)."""
+    path = Path(state_dir) / "journal" / f"{txn['id']}.json"
+    if not path.exists():
+        _write_json(path, _entry_from(txn))
+    _pause("apply:recorded", held)
+    return path
+
+
 def _finish(root: Path, state_dir: Path, txn: dict[str, Any]) -> Path | None:
-    """After the files are where the record says: the journal step, then txn.json goes."""
+    """After the files are where the record says: the journal step, then txn.json goes (the mark
+    that the transaction is complete)."""
     entry_path: Path | None = None
     if txn["op"] == "apply" and txn["direction"] == "forward":
-        entry_path = Path(state_dir) / "journal" / f"{txn['id']}.json"
-        if not entry_path.exists():
-            _write_json(entry_path, _entry_from(txn))
-        _pause("apply:recorded")
+        entry_path = _record_entry(state_dir, txn)
+    elif txn["op"] == "apply":  # rolled back: no entry may stay
+        (Path(state_dir) / "journal" / f"{txn['id']}.json").unlink(missing_ok=True)
     elif txn["op"] == "undo":
         src = Path(txn["entry"])
         entry_path = src.parent / "undone" / src.name
@@ -416,7 +433,7 @@ def _resolve(root: Path, state_dir: Path) -> Recovered | None:
                          "move it away to go on") from None
     txn_root = Path(txn.get("root", root))
     try:
-        _roll(txn_root, txn, lambda: False)
+        _roll(txn_root, txn, None)
     except _Conflict as conflict:
         kept = Path(state_dir) / "interrupted" / f"{txn['id']}.json"
         kept.parent.mkdir(exist_ok=True)
@@ -462,11 +479,15 @@ def apply_patch(root: Path, patch: Patch, *, state_dir: Path) -> AppliedPatch:
             _check_base(root, patch)
             if not held():  # a signal before anything was written: nothing to do or undo
                 applied = _transact(root, patch, Path(state_dir), patch_file, held)
-                applied = replace(applied, recovered=(found.message(),) if found else ())
-    if held() or applied is None:
+    if applied is None:  # rolled back (or never started) because of a held signal
         _deliver(held.signals[0] if held.signals else signal.SIGINT)
     assert applied is not None
-    return applied
+    if held():  # the signal came after the point of no return (txn.json removed): say what is done
+        err = Interrupted(f"stopped by {signal.Signals(held.signals[0]).name} just after the patch was applied to "
+                          f"{', '.join(patch.files)}; `dllm undo` reverts it")
+        err.exit_code = 130 if held.signals[0] == signal.SIGINT else 128 + held.signals[0]
+        raise err
+    return replace(applied, recovered=(found.message(),) if found else ())
 
 
 def _check_base(root: Path, patch: Patch) -> None:
@@ -478,7 +499,9 @@ def _check_base(root: Path, patch: Patch) -> None:
                          "current files")
 
 
-def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held: _Held) -> AppliedPatch:
+def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held: _Held) -> AppliedPatch | None:
+    """The apply (lock held): the record, the writes, the entry; None when a held signal made it
+    roll back."""
     dirs: list[str] = []
     for c in patch.changes:
         if c.new is not None:
@@ -500,9 +523,11 @@ def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held:
     try:
         _roll(root, txn, held, verify=False)
         _pause("apply:renamed", held)
+        if not held():
+            _record_entry(state_dir, txn, held)
         if held():  # Ctrl-C, SIGTERM or SIGHUP while writing: roll back, then the caller delivers it
             _rollback(root, state_dir, txn, held)
-            return AppliedPatch(patch, Path(), patch_file, entry_id, tuple(dirs))
+            return None
         entry = _finish(root, state_dir, txn)
     except OSError as err:
         name = getattr(err, "filename", None) or "a file"
@@ -521,7 +546,7 @@ def _rollback(root: Path, state_dir: Path, txn: dict[str, Any], held: _Held) -> 
     txn["direction"] = "back"
     _write_json(_txn_path(state_dir), txn)
     _pause("apply:rolling-back", held)
-    _roll(root, txn, lambda: False)
+    _roll(root, txn, held)
     _finish(root, state_dir, txn)
 
 

@@ -62,15 +62,11 @@ def review_edits(edits: Sequence[Edit], root: Path, opts: ReviewOptions, ui: Ui,
 
 
 def review_diff(text: str, source: str, root: Path, opts: ReviewOptions, ui: Ui) -> Outcome:
-    """`dllm apply`: a unified diff from outside, checked as `git apply --check` would (diffs.py),
-    then the same review; colour codes in it are stripped, and said so."""
+    """`dllm apply`: a unified diff from outside, checked as `git apply --check` would (diffs.py;
+    a diff holding colour codes is refused), then the same review."""
     from .diffs import strict_patch
 
-    patch, coloured = strict_patch(root, text, source)
-    if coloured:
-        ui.say(f"dllm: {source} held terminal colour codes (written with colour forced on, e.g. "
-               "FORCE_COLOR=1); they were removed before reading it", style="yellow")
-    return review_patch(patch, root, opts, ui)
+    return review_patch(strict_patch(root, text, source), root, opts, ui)
 
 
 def review_patch(patch: Patch, root: Path, opts: ReviewOptions, ui: Ui,
