@@ -82,7 +82,7 @@ def colour_problem(text: str, source: str) -> str | None:
     return (f"{source} holds terminal colour codes (line {line}: {m.group()!r}): it was written with colour "
             "forced on (FORCE_COLOR), and coloured output is not a faithful diff (long lines are cut to the "
             "terminal width, control characters are drawn as symbols); nothing was changed — write it "
-            "again without colour: NO_COLOR=1 dllm code --dry-run ... > fix.diff")
+            "again with FORCE_COLOR unset: env -u FORCE_COLOR dllm code --dry-run ... > fix.diff")
 
 
 def parse(text: str, source: str = "the diff") -> list[FileDiff]:
@@ -95,7 +95,8 @@ def parse(text: str, source: str = "the diff") -> list[FileDiff]:
     try:
         patches = PatchSet(text)
     except UnidiffParseError as err:
-        raise PatchError(f"{source} is not a valid unified diff: {err} (a hunk's lines do not match the "
+        raise PatchError(f"{source} is not a valid unified diff: {' '.join(str(err).split())} (a hunk's "
+                         "lines do not match the "
                          "counts in its @@ header, or the diff is cut off); nothing was changed — "
                          "make the diff again (git diff, dllm code --dry-run)") from None
     starts = [int(pf.diff_line_no or 1) for pf in patches] + [len(lines) + 1]

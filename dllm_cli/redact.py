@@ -33,6 +33,7 @@ Rules, in priority order (an overlapping later match is dropped):
                       pwd, passphrase, secret, token, api key, access key, private key, auth key,
                       credential or key-data, when the value is a literal of at least 8 characters,
                       not a reference (`$VAR`, `${...}`, `%(x)s`, `<...>`, a call, a dotted name),
+                      not words (no whitespace), not a URL or a file path,
                       with Shannon entropy of at least 3.0 bits per character and a digit or
                       symbol in it or at least 20 characters
 """
@@ -128,6 +129,8 @@ def _keyword_value(value: str, bare: bool) -> bool:
         return False  # a bare identifier, call or subscript: code, not a literal
     if value.lower() in ("changeme", "password", "xxxxxxxx", "********", "none", "null", "true", "false"):
         return False
+    if re.search(r"\s", value) or re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://|\.{0,2}/|~/", value):
+        return False  # words, a URL (its password has its own rule), a file path
     has_mixed = bool(re.search(r"[0-9]|[^A-Za-z0-9\s]", value))
     return entropy(value) >= 3.0 and (has_mixed or len(value) >= 20)
 
