@@ -265,9 +265,9 @@ def _pause(stage: str, held: _Held | None = None) -> None:
     wanted = os.environ.get("DLLM_TEST_PAUSE_AT")
     if not wanted or stage not in wanted.split(","):
         return
-    os.write(2, f"dllm-test: paused at {stage}\n".encode())
+    before = len(held.signals) if held is not None else 0  # counted before the test can see the line
     stdin = sys.stdin.fileno() if sys.stdin is not None else -1
-    before = len(held.signals) if held is not None else 0
+    os.write(2, f"dllm-test: paused at {stage}\n".encode())
     while held is None or len(held.signals) == before:
         if stdin < 0:
             time.sleep(0.05)
