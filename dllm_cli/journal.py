@@ -84,7 +84,7 @@ class Recovered:
     patch_file: str
 
     def message(self) -> str:
-        names = ", ".join(self.files)
+        names = ", ".join(self.files[:5]) + (f" and {len(self.files) - 5} more" if len(self.files) > 5 else "")
         if self.op == "apply":
             return (f"an apply was interrupted (patch {self.patch_file}); finished it (rolled forward): "
                     f"{names} now hold the patch — `dllm undo` reverts it")
@@ -546,7 +546,15 @@ def _rollback(root: Path, state_dir: Path, txn: dict[str, Any], held: _Held) -> 
     txn["direction"] = "back"
     _write_json(_txn_path(state_dir), txn)
     _pause("apply:rolling-back", held)
-    _roll(root, txn, held)
+    try:
+        _roll(root, txn, held)
+    except _Conflict as conflict:  # a file was written by someone else in the meantime
+        kept = Path(state_dir) / "interrupted" / f"{txn['id']}.json"
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(_txn_path(state_dir), kept)
+        _clean_temps(root, txn)
+        raise PatchError(f"the apply could not be rolled back: {', '.join(conflict.paths)} changed meanwhile; "
+                         f"the record, with both versions of every file, is kept at {kept}") from None
     _finish(root, state_dir, txn)
 
 
