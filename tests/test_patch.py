@@ -377,11 +377,22 @@ def test_dot_dot_hidden_by_ignorables_is_refused(repo):
     (lambda p: __import__("socket").socket(__import__("socket").AF_UNIX).bind(str(p)), "socket"),
 ])
 def test_non_regular_files_are_refused_before_any_read(repo, make, words):
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("a FIFO was opened for reading")
+
     make(repo / "special")
-    with pytest.raises(PatchError, match=words):
-        P.build_patch(repo, [whole("special", "x\n")])
-    with pytest.raises(PatchError, match=words):
-        P.build_patch(repo, [sr("special", "a\n", "b\n")])
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # the guard: opening a FIFO for reading would block forever
+    try:
+        with pytest.raises(PatchError, match=words):
+            P.build_patch(repo, [whole("special", "x\n")])
+        with pytest.raises(PatchError, match=words):
+            P.build_patch(repo, [sr("special", "a\n", "b\n")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_files_over_the_edit_cap_are_refused(repo, monkeypatch):
