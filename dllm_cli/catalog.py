@@ -283,7 +283,8 @@ class ModelRow:
     dtype: str = "-"
     context: int | None = None
     licence: str = "-"
-    error: str | None = None
+    error: str | None = None  # why the checkpoint cannot be used (status other than "ok")
+    status: str = "ok"  # "ok" | "missing" | "unreadable" | "broken" | "unsupported"
 
     def as_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -326,12 +327,72 @@ def describe(candidate: Candidate, chosen: Path | None) -> ModelRow:
         ckpt = inspect(DEFAULT if candidate.default else folder)
     except DllmError as err:
         family = "missing" if not (folder / "config.json").exists() else "unreadable"
-        return ModelRow(**{**base.as_dict(), "family": family, "error": str(err)})
+        return ModelRow(**{**base.as_dict(), "family": family, "error": str(err), "status": family})
     params, header_dtype = safetensors_params(folder)
     dtype = ckpt.config.get("torch_dtype") or ckpt.config.get("dtype") or header_dtype or "-"
+    problem = checkpoint_problem(ckpt)
+    status, error = problem if problem else ("ok", None)
     return ModelRow(**{**base.as_dict(), "family": ckpt.family, "layout": ckpt.layout, "params": params,
                        "params_human": human_count(params), "dtype": str(dtype),
-                       "context": ckpt.context_length, "licence": model_licence(folder)})
+                       "context": ckpt.context_length, "licence": model_licence(folder),
+                       "status": status, "error": error})
+
+
+def checkpoint_problem(ckpt: Checkpoint) -> tuple[str, str] | None:
+    """("unsupported" | "broken", why) when `dllm code` could not load the checkpoint, judged from
+    its files without reading tensor data: a model_type dllm does not run, pickle-only weights
+    (never unpickled), no weights, a missing shard, a truncated or unreadable safetensors file,
+    no tokenizer files. None when nothing is wrong that the files show."""
+    folder = ckpt.folder
+    if ckpt.layout is None:
+        kind = ckpt.config.get("model_type") or ckpt.config.get("architectures") or "?"
+        return "unsupported", (f"model_type {kind} is not a layout dllm runs "
+                               f"(supported: {', '.join(supported_model_types())})")
+    files: list[Path] = []
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "broken", f"{index.name} is not a valid shard index"
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            return "broken", f"shard {missing[0]} listed in {index.name} is missing"
+        files = [folder / n for n in names]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("*.bin")):
+            return "unsupported", "only pickle weights (*.bin); dllm loads safetensors and never unpickles"
+        return "broken", "no weights (*.safetensors)"
+    for path in files:
+        why = _safetensors_problem(path)
+        if why:
+            return "broken", f"{path.name}: {why}"
+    if not (folder / "tokenizer.json").is_file() and not (
+            (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+        return "broken", "no tokenizer.json nor vocab.json + merges.txt"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be read (bad header, truncated data), from its header only."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if length > min(size - 8, 100_000_000):
+                return "truncated or not a safetensors file (header length past the end)"
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError, struct.error):
+        return "truncated or not a safetensors file (unreadable header)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (the header is not a JSON object)"
+    end = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)
+               and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2), default=0)
+    if 8 + length + end > size:
+        return f"truncated ({size} bytes; the header needs {8 + length + end})"
+    return None
 
 
 def safetensors_params(folder: Path) -> tuple[int | None, str | None]:

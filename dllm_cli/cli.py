@@ -3,23 +3,28 @@ the one edge that catches errors (in `main`): a `DllmError` becomes its one line
 anything else one line and exit 1 (DLLM_DEBUG=1 re-raises it, traceback included).
 
 Knows: options, their defaults and help, which stream gets what (people: stderr; data: stdout),
-exit codes. The `dllm code` pipeline is pipeline.py; review and apply are review.py; the user's
-choices are settings.py. Must not import torch (or the engine) at import time: `dllm --help` and
-`dllm --version` stay instant; nothing imports this module.
+exit codes, that SIGTERM and SIGHUP end a command like Ctrl-C does (exit 143 / 129 instead of
+130), and that every command that touches the work tree (`code`, `apply`, `undo`) first lets
+journal.recover finish an apply or undo a killed dllm left half done. The `dllm code` pipeline
+is pipeline.py; review and apply are review.py; the user's choices are settings.py. Must not
+import torch (or the engine) at import time: `dllm --help` and `dllm --version` stay instant;
+nothing imports this module.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import Any, List, NoReturn, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from . import __version__
-from .errors import DllmError, PatchError, UsageError
+from .errors import DllmError, UsageError
 from .settings import Settings
 from .ui import Ui
 
@@ -128,6 +133,7 @@ def code(
     from .review import ReviewOptions
 
     ui = Ui.detect(json_out=json_out, no_live=no_live)
+    recover_tree(ui)
     settings = Settings.load()
     cfg = SamplerConfig.from_options(gen_length=gen_length, steps=steps, block_length=block_length,
                                      temperature=temperature, threshold=threshold, seed=seed, alg=alg)
@@ -170,38 +176,65 @@ def apply_command(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check it and print the diff dllm would apply.")] = False,
 ) -> None:
-    """Apply a unified diff through the same checks (paths, hunks, atomic write, undo journal)."""
-    from .edits import parse_unified_diff
-    from .repo import work_root
-    from .review import ReviewOptions, review_edits
-    from .ui import read_all_stdin
+    """Apply a unified diff, checked as strictly as `git apply --check` (exact context, hunk counts
+    matching their headers; no renames, copies or binary diffs; mode changes ignored), then the
+    same review, atomic write and undo journal."""
+    from .review import ReviewOptions, review_diff
 
     ui = Ui.detect()
-    text = read_all_stdin() if source == "-" else _read_file(source)
-    edits = parse_unified_diff(text)
-    if not edits:
-        raise PatchError(f"{source}: no unified diff found (expected ---/+++ headers and @@ hunks)")
-    review_edits(edits, work_root(), ReviewOptions(yes=yes, dry_run=dry_run, save=False), ui)
+    root = recover_tree(ui)
+    text = _read_diff(source)
+    review_diff(text, "stdin" if source == "-" else source, root,
+                ReviewOptions(yes=yes, dry_run=dry_run, save=False), ui)
 
 
-def _read_file(source: str) -> str:
+MAX_DIFF_BYTES = 64 * 1024 * 1024  # a diff for `dllm apply` beyond this is refused
+
+
+def _read_diff(source: str) -> str:
+    """The diff's text, its bytes as they are (CR kept: no newline translation), at most MAX_DIFF_BYTES.
+    A pipe or process substitution (`dllm apply <(git diff)`) is read like a file."""
+    from .ui import isatty
+
     try:
-        return Path(source).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{source}: cannot read the diff ({getattr(exc, 'strerror', None) or exc})") from None
+        if source == "-":
+            if isatty(sys.stdin):
+                raise UsageError("FILE is '-' but stdin is a terminal; pipe a diff: git diff | dllm apply -")
+            stream = getattr(sys.stdin, "buffer", None)
+            data = stream.read(MAX_DIFF_BYTES + 1) if stream is not None else sys.stdin.read().encode("utf-8")
+        else:
+            with open(Path(source).expanduser(), "rb") as handle:
+                data = handle.read(MAX_DIFF_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read the diff ({exc.strerror or exc})") from None
+    if len(data) > MAX_DIFF_BYTES:
+        raise UsageError(f"{source}: the diff is over {MAX_DIFF_BYTES // (1024 * 1024)} MiB; split it")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source}: the diff is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def recover_tree(ui: Ui) -> Path:
+    """The work tree root, after finishing an apply or undo a killed dllm left (said on stderr)."""
+    from .journal import recover, state_dir_for
+    from .repo import work_root
+
+    root = work_root()
+    found = recover(root, state_dir_for(root))
+    if found is not None:
+        ui.say(f"dllm: {found.message()}", style="yellow")
+    return root
 
 
 @app.command()
 def undo() -> None:
-    """Restore the files of the last applied patch, byte for byte (refused if they changed since)."""
-    from .journal import state_dir_for
-    from .journal import undo as undo_patch
-    from .repo import work_root
+    """Restore the files of the last applied patch, byte for byte (refused if they changed since);
+    a patch committed with --commit is reverted by a new commit."""
+    from .review import undo_last
 
     ui = Ui.detect()
-    root = work_root()
-    restored = undo_patch(root, state_dir=state_dir_for(root))
-    ui.say(f"dllm: undone: {', '.join(restored.files)}", style="green")
+    undo_last(recover_tree(ui), ui)
 
 
 # ---- dllm models --------------------------------------------------------------------------------
@@ -315,12 +348,55 @@ def main(argv: list[str] | None = None) -> None:
     # on a 2-core machine with other work running (13.3 s vs 0.5 s for 32 tokens). A value the
     # user set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    previous = _end_on_signals()
+    _STOPPED_BY.clear()
     try:
         _run(argv)
     except SystemExit as done:
         if argv is None and "torch" in sys.modules:
             _exit_now(done.code)
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: handled like Ctrl-C (held while an apply writes, then rolled back)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_STOPPED_BY: list[int] = []  # the SIGTERM / SIGHUP that ended this command (typer turns it into Exit(130))
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _STOPPED_BY.append(signum)
+    raise Terminated(signum)
+
+
+def _interrupted() -> NoReturn:
+    if _STOPPED_BY:
+        signum = _STOPPED_BY.pop()
+        _fail(f"stopped by {signal.Signals(signum).name}; nothing was changed", 128 + signum)
+    _fail("interrupted; nothing was changed", 130)
+
+
+def _end_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP raise Terminated (a KeyboardInterrupt) unless the process ignores them
+    (nohup); returns the handlers to put back."""
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is None or signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, _raise_terminated)
+    return previous
 
 
 def _exit_now(code: object) -> NoReturn:
@@ -341,7 +417,7 @@ def _run(argv: list[str] | None) -> None:
     except DllmError as err:
         _fail(str(err), err.exit_code)
     except (KeyboardInterrupt, typer.Abort):  # typer maps Ctrl-C to Exit(130), EOF to Abort
-        _fail("interrupted; nothing was changed", 130)
+        _interrupted()
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except typer.TyperException as err:  # click's usage errors (exit 2); typer vendors click
@@ -357,7 +433,7 @@ def _run(argv: list[str] | None) -> None:
             raise
         _fail(unexpected(exc), 1)
     if result == 130:
-        _fail("interrupted; nothing was changed", 130)
+        _interrupted()
     sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -375,5 +451,8 @@ def unexpected(exc: Exception) -> str:
 
 def _fail(message: str, code: int) -> NoReturn:
     line = " ".join(message.split())
-    print(f"dllm: error: {line}" if code not in (4, 130) else f"dllm: {line}", file=sys.stderr, flush=True)
+    try:
+        print(f"dllm: error: {line}" if code < 128 and code != 4 else f"dllm: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is gone (the terminal closed: SIGHUP)
     sys.exit(code)

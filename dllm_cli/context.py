@@ -5,7 +5,12 @@ files, each read at most once per run and shared by every step that needs it), h
 against the prompt, the token budget, the secrets filter, and which files an anchored edit may
 rewrite (`source_files`). Tokens are counted with a callable passed in (the model's tokenizer),
 so this module never loads a model. Git questions go through repo.py.
-Must not: import torch or GitPython, touch the terminal, or read a file the secrets filter refuses.
+Secrets: files that are secret by name (`is_secret`) are never read; every other file (and piped
+stdin) is read through files.py (regular files only: a FIFO, socket or device is refused before
+it is opened; at most MAX_FILE_BYTES) and its secrets are redacted in place by redact.py, so the
+file still gives context; each redaction is reported (`Context.redactions`, a note per file).
+Must not: import torch or GitPython, touch the terminal, read a file the secrets filter refuses,
+or send a secret redact.py finds.
 
 Order of selection: explicit paths (command-line arguments), then `@path` mentions in the
 prompt, then tracked files ranked by relevance, each while it fits the budget. Outside a
@@ -25,7 +30,9 @@ from typing import Callable, Iterable, Sequence
 
 from . import repo
 from .errors import UsageError
+from .files import Unreadable, not_regular, read_regular
 from .prompt import format_file
+from .redact import Finding, redact
 
 MAX_FILE_BYTES = 256 * 1024  # a bigger file is "huge": never sent
 MAX_RANKED_FILES = 5000  # ranking reads at most this many tracked files
@@ -36,11 +43,11 @@ BINARY_SNIFF_BYTES = 8192
 SECRET_NAMES = (
     ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks",
     "*.keystore", "*.kdbx", ".netrc", "_netrc", ".git-credentials", "credentials*",
-    ".npmrc", ".pypirc", ".pgpass", ".htpasswd", "*.asc", "*.gpg",
+    ".npmrc", ".pypirc", ".pgpass", ".htpasswd", "*.asc", "*.gpg", "*.ppk", "secrets.*",
+    "kubeconfig", "kubeconfig.*", "*.kubeconfig",
 )
-SECRET_DIRS = (".ssh", ".gnupg", ".aws")
+SECRET_DIRS = (".ssh", ".gnupg", ".aws", ".kube")
 SSH_KEY_NAME = re.compile(r"^id_[a-z0-9_]+(\.pub)?$")  # id_rsa, id_ed25519(.pub), ...
-PRIVATE_KEY_TEXT = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
 
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MENTION = re.compile(r"(?<![\w@])@([\w./~-]+)")
@@ -74,6 +81,21 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class Redaction:
+    """A secret found by content in a sent file (or "(stdin)") and replaced by its marker."""
+
+    path: str
+    line: int
+    kind: str
+
+
+def redaction_note(path: str, found: Sequence[Redaction]) -> str:
+    """One line for the user: "redacted 2 secrets in config.py (aws-access-key-id line 3, ...)"."""
+    what = ", ".join(f"{r.kind} line {r.line}" for r in found)
+    return f"redacted {len(found)} secret{'' if len(found) == 1 else 's'} in {path} ({what})"
+
+
+@dataclass(frozen=True)
 class Context:
     root: Path  # the work tree (or the current directory outside git)
     in_git: bool
@@ -83,6 +105,7 @@ class Context:
     budget: int  # tokens available for files + stdin
     skipped: tuple[Skipped, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())  # e.g. "stdin cut to 64 KiB"
+    redactions: tuple["Redaction", ...] = field(default=())  # secrets replaced in what is sent
 
     @property
     def tokens(self) -> int:
@@ -93,8 +116,12 @@ class Context:
         for i in range(len(self.files) - 1, -1, -1):
             f = self.files[i]
             if f.reason.startswith("relevant"):
+                gone = [r for r in self.redactions if r.path == f.path]
+                note = redaction_note(f.path, gone) if gone else None
                 return replace(self, files=self.files[:i] + self.files[i + 1:],
-                               skipped=self.skipped + (Skipped(f.path, why, True),))
+                               skipped=self.skipped + (Skipped(f.path, why, True),),
+                               redactions=tuple(r for r in self.redactions if r.path != f.path),
+                               notes=tuple(n for n in self.notes if n != note))
         return None
 
     def report_lines(self) -> list[str]:
@@ -122,6 +149,7 @@ class Tree:
         self._listed: list[str] | None = None
         self._listed_set: frozenset[str] | None = None
         self._texts: dict[str, tuple[str | None, str]] = {}
+        self._found: dict[str, tuple[Finding, ...]] = {}
 
     @classmethod
     def open(cls, cwd: Path | str = ".") -> "Tree":
@@ -147,10 +175,16 @@ class Tree:
         return self.in_git and not self.is_listed(rel) and repo.is_ignored(self.root, rel)
 
     def read(self, rel: str) -> tuple[str | None, str]:
-        """(text, "") for a sendable file, else (None, why not); read once, then remembered."""
+        """(text with its secrets redacted, "") for a sendable file, else (None, why not); read
+        once, then remembered."""
         if rel not in self._texts:
-            self._texts[rel] = read_text(self.root / rel)
+            text, why, found = read_file(self.root / rel)
+            self._texts[rel], self._found[rel] = (text, why), found
         return self._texts[rel]
+
+    def redactions(self, rel: str) -> tuple[Finding, ...]:
+        """The secrets redacted in `rel`'s text as `read` returns it (read first)."""
+        return self._found.get(rel, ())
 
     def grep(self, pattern: str, globs: Sequence[str]) -> list[str]:
         """Listed files whose text matches `pattern` (git grep: no file is read here)."""
@@ -173,23 +207,27 @@ def is_secret(path: str) -> bool:
 
 
 def read_text(path: Path) -> tuple[str | None, str]:
-    """(text, "") for a sendable file, else (None, why it is not sent)."""
+    """(text with its secrets redacted, "") for a sendable file, else (None, why it is not sent)."""
+    text, why, _ = read_file(path)
+    return text, why
+
+
+def read_file(path: Path) -> tuple[str | None, str, tuple[Finding, ...]]:
+    """(redacted text, "", what was redacted) for a sendable file, else (None, why not, ())."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return None, f"huge ({size // 1024} KiB > {MAX_FILE_BYTES // 1024} KiB)"
-        data = path.read_bytes()
+        data = read_regular(path, MAX_FILE_BYTES)
+    except Unreadable as exc:
+        return None, exc.reason, ()
     except OSError as exc:
-        return None, f"unreadable ({exc.strerror or exc})"
+        return None, f"unreadable ({exc.strerror or exc})", ()
     if b"\0" in data[:BINARY_SNIFF_BYTES]:
-        return None, "binary"
+        return None, "binary", ()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return None, "binary (not UTF-8)"
-    if PRIVATE_KEY_TEXT.search(text):
-        return None, "secret (contains a private key)"
-    return text, ""
+        return None, "binary (not UTF-8)", ()
+    redacted, found = redact(text)
+    return redacted, "", found
 
 
 # ---- ranking -----------------------------------------------------------------------------
@@ -266,14 +304,16 @@ def named_files(prompt: str, paths: Sequence[str], tree: Tree) -> list[str]:
 
 def source_files(rels: Iterable[str], tree: Tree, suffixes: tuple[str, ...] = (".py",)) -> list[tuple[str, str]]:
     """(path, text) of the files among `rels` an anchored edit may rewrite, whatever their size in
-    tokens: only `suffixes`; secret, ignored, binary and huge files are left out, as for the prompt."""
+    tokens: only `suffixes`; secret, ignored, binary and huge files are left out, as for the prompt,
+    and so are files with a secret redacted (their text is not the file's: rewriting it from the
+    redacted text would destroy the secret)."""
     out: list[tuple[str, str]] = []
     total = 0
     for rel in rels:
         if not rel.endswith(suffixes) or is_secret(rel) or tree.ignored(rel):
             continue
         text, _ = tree.read(rel)
-        if text is not None:
+        if text is not None and not tree.redactions(rel):
             out.append((rel, text))
             total += len(text)
             if total > MAX_RANKED_BYTES:
@@ -293,14 +333,23 @@ class _Selection:
         self.notes = notes
         self.stdin_text: str | None = None
         self.stdin_tokens = 0
+        self.redactions: list[Redaction] = []
+
+    def redacted(self, path: str, found: Sequence[Finding]) -> None:
+        if found:
+            rows = [Redaction(path, f.line, f.kind) for f in found]
+            self.redactions += rows
+            self.notes.append(redaction_note(path, rows))
 
     def add_stdin(self, text: str) -> None:
+        text, found = redact(text)
         tokens = self.count(f"stdin\n```\n{text}\n```\n") + 1
         if tokens > self.left:
             raise UsageError(f"piped input is {tokens} tokens but only {self.left} fit the model's "
                              "context; pipe less, or lower --gen-length")
         self.stdin_text, self.stdin_tokens = text, tokens
         self.left -= tokens
+        self.redacted("(stdin)", found)
 
     def expand(self, raw: str, *, strict: bool) -> list[str]:
         """Repository-relative files named by `raw` (a file, or a directory's files)."""
@@ -322,6 +371,10 @@ class _Selection:
             return []
         if target.is_file():
             return [rel]
+        other = not_regular(target)
+        if other and other != "a directory":
+            self.skipped.append(Skipped(rel, f"{other}, not a regular file: never read"))
+            return []
         if in_git:
             prefix = "" if rel == "." else rel + "/"
             return [p for p in self.tree.listed if p.startswith(prefix)]
@@ -354,6 +407,7 @@ class _Selection:
             return
         self.files.append(ContextFile(rel, text, tokens, reason))
         self.left -= tokens
+        self.redacted(rel, self.tree.redactions(rel))
 
     def add_ranked(self, words: set[str]) -> None:
         texts: dict[str, str] = {}
@@ -377,7 +431,7 @@ class _Selection:
 
     def context(self) -> Context:
         return Context(self.tree.root, self.tree.in_git, tuple(self.files), self.stdin_text, self.stdin_tokens,
-                       self.budget, tuple(self.skipped), tuple(self.notes))
+                       self.budget, tuple(self.skipped), tuple(self.notes), tuple(self.redactions))
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -1,15 +1,34 @@
-"""A patch on disk: saved patches, the atomic apply, the undo journal, and `--commit`.
+"""A patch on disk: saved patches, the crash-safe apply, the undo journal, the lock, recovery.
 
 Knows: the state dir (`state_dir_for`: $DLLM_STATE_DIR, else `<git dir>/dllm` (a worktree's own
-git dir), else `$XDG_STATE_HOME/dllm/<name>-<hash>`) and its layout: `patches/<UTC time>-<sha8>.diff`
-(every patch, applied or not), `journal/<ns>.json` (the undo stack: pre-apply bytes in base64,
-post-apply sha256, modes, created directories), `journal/undone/` (journals already undone);
-writing all files or none (temp files, then renames, rolled back on failure); the checks before
-a write (every file still as the patch was built from).
+git dir), else `$XDG_STATE_HOME/dllm/<name>-<hash>`) and its layout:
+  patches/<UTC time>-<sha8>.diff   every patch, applied or not
+  lock                             held (filelock: flock on POSIX) across check-and-write, so one
+                                   dllm writes in a repository at a time
+  txn.json                         the write-ahead record of the apply or undo in flight
+  journal/<ns>.json                the undo stack: pre-apply bytes in base64, post-apply sha256,
+                                   modes, created directories, the commit made by --commit
+  journal/undone/                  journal entries already undone
+  interrupted/<ns>.json            a txn.json that recovery could not resolve (kept for the user)
 
-Ctrl-C while the files and the journal are written is held until they are done, then the
-apply is rolled back and KeyboardInterrupt raised: the tree is never left half-patched. An
-undo, once it starts writing, finishes (a Ctrl-C then is ignored).
+An apply, as a database does it: under the lock, every file's current bytes are compared with
+what the patch was built from (a moved base is refused, exit 3); then txn.json (old and new
+bytes of every file, the directories to create) is written and fsynced with its directory
+BEFORE anything in the tree changes; then every new file goes to `.dllm-<id>-<n>.tmp` beside its
+target (fsynced), then the renames and unlinks (directories fsynced); then the journal entry is
+written and txn.json removed, the mark that the apply is complete. An undo is the same, from the
+journal entry. A txn.json found later (the process was killed, the machine stopped) is resolved
+by `recover`, which every command that touches the tree calls first: the record is complete, so
+it rolls the files the rest of the way to where the record says (an apply forward, a rollback or
+an undo back), removes the temp files, and says which; a file that is neither as before nor as
+after (edited since) stops it, and the record is moved to interrupted/.
+
+Signals: Ctrl-C, SIGTERM and SIGHUP (unless ignored, as under nohup) are held while an apply
+writes; at its end the apply is rolled back (journaled too) and the signal is delivered again
+(KeyboardInterrupt for Ctrl-C): the tree is as before. An undo, once it writes, finishes.
+Test seam: DLLM_TEST_PAUSE_AT=<stage> (stages in PAUSE_STAGES) makes dllm print
+`dllm-test: paused at <stage>` on stderr there and wait until stdin gives a line or ends, or a
+held signal arrives; tests kill it at that point. Nothing else reads it.
 
 Must not: import torch, rich, typer or prompt_toolkit; git goes through repo.py.
 """
@@ -20,18 +39,25 @@ import base64
 import hashlib
 import json
 import os
+import select
 import signal
-import tempfile
+import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import repo
-from .errors import PatchError
-from .patch import FileChange, Patch, check_path, unified_diff
+from .errors import Interrupted, PatchError
+from .patch import FileChange, Patch, check_path, read_current, unified_diff
+
+LOCK_TIMEOUT = 30.0  # seconds to wait for another dllm's check-and-write
+HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+PAUSE_STAGES = ("apply:before-lock", "apply:journaled", "apply:staged", "apply:renamed-1", "apply:renamed",
+                "apply:recorded", "apply:rolling-back", "rollback:staged", "rollback:renamed-1",
+                "undo:journaled", "undo:staged", "undo:renamed-1", "undo:renamed")
 
 
 @dataclass(frozen=True)
@@ -41,10 +67,30 @@ class AppliedPatch:
     patch_file: Path  # the saved .diff
     id: str
     dirs_created: tuple[str, ...] = ()  # folders the apply made (relative, deepest last)
+    commit: str | None = None  # the commit --commit made of it
+    recovered: tuple[str, ...] = ()  # what recovery said before this apply or undo (stderr lines)
 
     @property
     def files(self) -> tuple[str, ...]:
         return self.patch.files
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """An interrupted apply, rollback or undo that `recover` finished."""
+
+    op: str  # "apply" (rolled forward) | "rollback" (rolled back) | "undo" (restored)
+    files: tuple[str, ...]
+    patch_file: str
+
+    def message(self) -> str:
+        names = ", ".join(self.files[:5]) + (f" and {len(self.files) - 5} more" if len(self.files) > 5 else "")
+        if self.op == "apply":
+            return (f"an apply was interrupted (patch {self.patch_file}); finished it (rolled forward): "
+                    f"{names} now hold the patch — `dllm undo` reverts it")
+        if self.op == "rollback":
+            return f"an apply was interrupted while it was rolled back; finished the rollback: {names} are as before"
+        return f"an undo was interrupted; finished it: {names} are restored"
 
 
 # --- state dir and saved patches ------------------------------------------------------------
@@ -79,88 +125,53 @@ def save_patch(patch: Patch, state_dir: Path) -> Path:
     return target
 
 
-# --- atomic writes --------------------------------------------------------------------------
+# --- durable writes -------------------------------------------------------------------------
 
-def _write_temp(folder: Path, data: bytes, mode: int) -> Path:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=".dllm-", suffix=".tmp")
+def _fsync_dir(folder: Path) -> None:
     try:
-        with os.fdopen(fd, "wb") as handle:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems cannot fsync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Write `data` to `path` (created or truncated, never through a symlink) and fsync it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as handle:
             handle.write(data)
             handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-    except BaseException:
-        os.unlink(name)
-        raise
-    return Path(name)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(target: Path, data: bytes, mode: int) -> None:
-    tmp = _write_temp(target.parent, data, mode)
+    """Replace `target` by `data` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    tmp = target.parent / f".dllm-{os.getpid()}-{time.time_ns()}.tmp"
     try:
+        _write_new(tmp, data, mode)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
 
 
-def _write_all(root: Path, changes: Sequence[FileChange]) -> list[str]:
-    """Write every change or none: temp files first, then renames; roll back on any failure.
-
-    Returns the directories it created (relative to root, deepest last)."""
-    made: list[str] = []
-    staged: list[tuple[FileChange, Path | None]] = []
-    done: list[FileChange] = []
-    try:
-        for c in changes:
-            target = root / c.path
-            if c.new is not None:
-                made += _make_parents(root, c.path)
-                staged.append((c, _write_temp(target.parent, c.new, c.mode)))
-            else:
-                staged.append((c, None))
-        for c, tmp in staged:
-            if tmp is not None:
-                os.replace(tmp, root / c.path)
-            else:
-                os.unlink(root / c.path)
-            done.append(c)
-    except OSError as err:
-        _restore(root, done)
-        for _, tmp in staged:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-        _remove_dirs(root, made)
-        name = getattr(err, "filename", None) or "a file"
-        raise PatchError(f"could not write {name}: {err.strerror or err}; nothing was changed") from None
-    return made
-
-
-def _restore(root: Path, done: Sequence[FileChange]) -> None:
-    """Put back the old bytes of changes already written (best effort, newest first)."""
-    for c in reversed(done):
-        target = root / c.path
-        try:
-            if c.old is None:
-                target.unlink(missing_ok=True)
-                continue
-            try:
-                _atomic_write(target, c.old, c.mode)
-            except OSError:  # the rename itself fails: write in place
-                target.write_bytes(c.old)
-                os.chmod(target, c.mode)
-        except OSError:
-            pass
-
-
-def _make_parents(root: Path, rel: str) -> list[str]:
-    made = []
+def _make_parents(root: Path, rel: str, planned: list[str]) -> None:
     parent = Path(rel).parent
     for folder in reversed([parent, *parent.parents][:-1]):  # shallowest first, "." excluded
-        if not (root / folder).exists():
-            (root / folder).mkdir()
-            made.append(folder.as_posix())
-    return made
+        name = folder.as_posix()
+        if not (root / folder).exists() and name not in planned:
+            planned.append(name)
 
 
 def _remove_dirs(root: Path, dirs: Sequence[str]) -> None:
@@ -168,79 +179,386 @@ def _remove_dirs(root: Path, dirs: Sequence[str]) -> None:
         try:
             (root / folder).rmdir()
         except OSError:
-            pass  # not empty any more: keep it
+            pass  # not empty any more, or gone: keep going
 
 
-# --- apply, journal, undo -------------------------------------------------------------------
+# --- the lock, held signals and the test seam -----------------------------------------------
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+@contextmanager
+def locked(state_dir: Path, stop: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Hold `<state dir>/lock` (one dllm writes in a repository at a time). `stop`: give up
+    waiting when it turns true (a held signal)."""
+    from filelock import FileLock, Timeout
 
-
-def _read_or_none(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise PatchError(f"cannot read {path}: {err.strerror}") from None
+        raise PatchError(f"cannot create the state dir {state_dir}: {err.strerror}; "
+                         "set DLLM_STATE_DIR to a writable folder") from None
+    lock = FileLock(str(Path(state_dir) / "lock"))
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            lock.acquire(timeout=0.1)
+            break
+        except Timeout:
+            if stop():
+                raise KeyboardInterrupt from None
+            if time.monotonic() > deadline:
+                raise PatchError(f"another dllm is writing in this repository (the lock {lock.lock_file} has "
+                                 f"been held for {LOCK_TIMEOUT:.0f} s); try again when it has finished") from None
+        except OSError as err:
+            raise PatchError(f"cannot take the lock {lock.lock_file}: {err.strerror or err}") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
+
+class _Held:
+    """Signals received while held, in order."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def __call__(self) -> bool:
+        return bool(self.signals)
+
+
+@contextmanager
+def _signals_held() -> Iterator[_Held]:
+    """Ctrl-C, SIGTERM and SIGHUP inside the block are recorded, not acted on (a signal the
+    process ignores stays ignored). Main thread only: elsewhere signals do not arrive."""
+    held = _Held()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+    previous: dict[int, Any] = {}
+    for signum in HELD_SIGNALS:
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN:
+            continue
+        previous[signum] = current
+        signal.signal(signum, lambda s, frame: held.signals.append(s))
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _deliver(signum: int) -> None:
+    """Deliver a held signal now that its handler is back (the default action for SIG_DFL);
+    KeyboardInterrupt if the handler returns."""
+    handler = signal.getsignal(signum)
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
+        time.sleep(1)  # the default action (termination) lands here
+    raise KeyboardInterrupt
+
+
+def _pause(stage: str, held: _Held | None = None) -> None:
+    """The test seam (see the module docstring): waits for stdin, or for a signal held after the
+    pause began."""
+    wanted = os.environ.get("DLLM_TEST_PAUSE_AT")
+    if not wanted or stage not in wanted.split(","):
+        return
+    before = len(held.signals) if held is not None else 0  # counted before the test can see the line
+    stdin = sys.stdin.fileno() if sys.stdin is not None else -1
+    os.write(2, f"dllm-test: paused at {stage}\n".encode())
+    while held is None or len(held.signals) == before:
+        if stdin < 0:
+            time.sleep(0.05)
+            continue
+        try:
+            ready, _, _ = select.select([stdin], [], [], 0.05)
+        except (OSError, ValueError):
+            return
+        if ready:
+            os.read(stdin, 4096)
+            return
+
+
+# --- the transaction record ---------------------------------------------------------------------
+
+def _sha(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
+
+
+def _txn_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "txn.json"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(data, indent=1).encode("utf-8"), 0o644)
+
+
+def _temp_for(root: Path, txn: dict[str, Any], n: int) -> Path:
+    return (root / txn["files"][n]["path"]).parent / f".dllm-{txn['id']}-{n}.tmp"
+
+
+def _current_sha(root: Path, rel: str) -> str | None:
+    return _sha(read_current(root, rel)[0])
+
+
+class _Conflict(Exception):
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(", ".join(paths))
+        self.paths = paths
+
+
+def _roll(root: Path, txn: dict[str, Any], held: _Held | None, *, verify: bool = True) -> None:
+    """Bring every file of `txn` to its target side ("new" going forward, "old" going back):
+    temp files first (fsynced), then the renames and unlinks; a file already there is left."""
+    to, frm = ("new", "old") if txn["direction"] == "forward" else ("old", "new")
+    stage = "rollback" if txn["op"] == "apply" and to == "old" else txn["op"]
+    todo: list[int] = []
+    conflicts: list[str] = []
+    for n, f in enumerate(txn["files"]):
+        rel = check_path(root, f["path"])
+        if verify:
+            now = _current_sha(root, rel)
+            if now == f[f"{to}_sha"]:
+                continue
+            if now != f[f"{frm}_sha"]:
+                conflicts.append(rel)
+                continue
+        todo.append(n)
+    if conflicts:
+        raise _Conflict(conflicts)
+    if txn["direction"] == "forward":
+        for folder in txn.get("dirs_created", []):
+            (root / folder).mkdir(exist_ok=True)
+    folders: set[Path] = set()
+    for n in todo:
+        f = txn["files"][n]
+        data = _unb64(f[to])
+        if f[f"{to}_sha"] is not None:
+            assert data is not None and _sha(data) == f[f"{to}_sha"], "the record's bytes do not match their hash"
+            _write_new(_temp_for(root, txn, n), data, int(f["mode"]))
+            folders.add((root / f["path"]).parent)
+    for folder in folders:
+        _fsync_dir(folder)
+    _pause(f"{stage}:staged", held)
+    for k, n in enumerate(todo):
+        f = txn["files"][n]
+        target = root / f["path"]
+        if f[f"{to}_sha"] is None:
+            target.unlink(missing_ok=True)
+        else:
+            os.replace(_temp_for(root, txn, n), target)
+        folders.add(target.parent)
+        if k == 0:
+            _pause(f"{stage}:renamed-1", held)
+    for folder in folders:
+        _fsync_dir(folder)
+    if txn["direction"] == "back":
+        _remove_dirs(root, txn.get("dirs_created", []))
+
+
+def _clean_temps(root: Path, txn: dict[str, Any]) -> None:
+    for n in range(len(txn["files"])):
+        try:
+            _temp_for(root, txn, n).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _entry_from(txn: dict[str, Any]) -> dict[str, Any]:
+    """The journal entry (undo stack) of a completed apply."""
+    return {"version": 1, "id": txn["id"], "time": txn["time"], "root": txn["root"], "patch": txn["patch"],
+            "dirs_created": txn.get("dirs_created", []), "commit": None,
+            "files": [{"path": f["path"], "mode": f["mode"], "before": f["old"], "after_sha256": f["new_sha"]}
+                      for f in txn["files"]]}
+
+
+def _record_entry(state_dir: Path, txn: dict[str, Any], held: _Held | None = None) -> Path:
+    """Write the completed apply's journal entry (once)."""
+    path = Path(state_dir) / "journal" / f"{txn['id']}.json"
+    if not path.exists():
+        _write_json(path, _entry_from(txn))
+    _pause("apply:recorded", held)
+    return path
+
+
+def _finish(root: Path, state_dir: Path, txn: dict[str, Any]) -> Path | None:
+    """After the files are where the record says: the journal step, then txn.json goes (the mark
+    that the transaction is complete)."""
+    entry_path: Path | None = None
+    if txn["op"] == "apply" and txn["direction"] == "forward":
+        entry_path = _record_entry(state_dir, txn)
+    elif txn["op"] == "apply":  # rolled back: no entry may stay
+        (Path(state_dir) / "journal" / f"{txn['id']}.json").unlink(missing_ok=True)
+    elif txn["op"] == "undo":
+        src = Path(txn["entry"])
+        entry_path = src.parent / "undone" / src.name
+        if src.exists():
+            entry_path.parent.mkdir(exist_ok=True)
+            os.replace(src, entry_path)
+            _fsync_dir(src.parent)
+            _fsync_dir(entry_path.parent)
+    _clean_temps(root, txn)
+    _txn_path(state_dir).unlink(missing_ok=True)
+    _fsync_dir(Path(state_dir))
+    return entry_path
+
+
+def _resolve(root: Path, state_dir: Path) -> Recovered | None:
+    """Finish the transaction a killed dllm left (lock held)."""
+    path = _txn_path(state_dir)
+    for stale in Path(state_dir).glob(".dllm-*.tmp"):
+        stale.unlink(missing_ok=True)
+    journal_dir = Path(state_dir) / "journal"
+    if journal_dir.is_dir():
+        for stale in journal_dir.glob(".dllm-*.tmp"):
+            stale.unlink(missing_ok=True)
+    if not path.exists():
+        return None
+    try:
+        txn = json.loads(path.read_text(encoding="utf-8"))
+        txn["files"], txn["id"], txn["op"], txn["direction"]  # noqa: B018 (the fields must be there)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PatchError(f"the record of an interrupted apply {path} is unreadable ({err}); look at it and "
+                         "move it away to go on") from None
+    txn_root = Path(txn.get("root", root))
+    try:
+        _roll(txn_root, txn, None)
+    except _Conflict as conflict:
+        kept = Path(state_dir) / "interrupted" / f"{txn['id']}.json"
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(path, kept)
+        _clean_temps(txn_root, txn)
+        raise PatchError(f"an interrupted dllm {txn['op']} could not be finished: {', '.join(conflict.paths)} "
+                         "changed since (neither as before nor as after the patch); nothing more was "
+                         f"written — the record, with both versions of every file, is kept at {kept}") from None
+    except OSError as err:
+        raise PatchError(f"an interrupted dllm {txn['op']} could not be finished: {err.strerror or err} "
+                         f"({getattr(err, 'filename', '') or ''}); the record stays at {path} and the next "
+                         "dllm command tries again") from None
+    _finish(txn_root, state_dir, txn)
+    op = "undo" if txn["op"] == "undo" else ("apply" if txn["direction"] == "forward" else "rollback")
+    return Recovered(op, tuple(f["path"] for f in txn["files"]), str(txn.get("patch", "")))
+
+
+def recover(root: Path, state_dir: Path) -> Recovered | None:
+    """Resolve an apply or undo a killed dllm left half done (see the module docstring); None when
+    there is none. Cheap when there is nothing to do: one stat."""
+    if not _txn_path(state_dir).exists():
+        return None
+    with locked(state_dir):
+        return _resolve(Path(os.path.realpath(root)), state_dir)
+
+
+# --- apply --------------------------------------------------------------------------------------
 
 def apply_patch(root: Path, patch: Patch, *, state_dir: Path) -> AppliedPatch:
-    """Write the patch atomically (all files or none), journal it for undo, keep the .diff."""
+    """Write the patch crash-safely (all files or none, see the module docstring), journal it
+    for undo, keep the .diff. PatchError (exit 3) if a file moved from the patch's base."""
     root = Path(os.path.realpath(root))
     if patch.is_empty:
         raise PatchError("the patch changes nothing; nothing was written")
     for c in patch.changes:
         check_path(root, c.path)
-        if _read_or_none(root / c.path) != c.old:
-            raise PatchError(f"{c.path} changed since the patch was made; nothing was written — run dllm again")
     patch_file = save_patch(patch, state_dir)
-    with _sigint_deferred() as interrupted:
-        applied = _write_and_journal(root, patch, state_dir, patch_file)
-        if interrupted():  # Ctrl-C during the writes: roll back, then stop
-            _restore(root, patch.changes)
-            _remove_dirs(root, applied.dirs_created)
-            applied.journal.unlink(missing_ok=True)
-            raise KeyboardInterrupt
-    return applied
+    _pause("apply:before-lock")
+    applied: AppliedPatch | None = None
+    with _signals_held() as held:
+        with locked(state_dir, held):
+            found = _resolve(root, state_dir)
+            _check_base(root, patch)
+            if not held():  # a signal before anything was written: nothing to do or undo
+                applied = _transact(root, patch, Path(state_dir), patch_file, held)
+    if applied is None:  # rolled back (or never started) because of a held signal
+        _deliver(held.signals[0] if held.signals else signal.SIGINT)
+    assert applied is not None
+    if held():  # the signal came after the point of no return (txn.json removed): say what is done
+        err = Interrupted(f"stopped by {signal.Signals(held.signals[0]).name} just after the patch was applied to "
+                          f"{', '.join(patch.files)}; `dllm undo` reverts it")
+        err.exit_code = 130 if held.signals[0] == signal.SIGINT else 128 + held.signals[0]
+        raise err
+    return replace(applied, recovered=(found.message(),) if found else ())
 
 
-@contextmanager
-def _sigint_deferred() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C inside the block is recorded, not raised, so the writes and the journal are never
-    left half done; the block asks `interrupted()` at its end. (Main thread only: elsewhere
-    signals do not arrive.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: False
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield lambda: bool(received)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _check_base(root: Path, patch: Patch) -> None:
+    moved = [c.path for c in patch.changes if read_current(root, c.path)[0] != c.old]
+    if moved:
+        more = f" (and {len(moved) - 1} more)" if len(moved) > 1 else ""
+        raise PatchError(f"{moved[0]}{more} changed since the patch was made from it (another dllm apply, an "
+                         "editor or git wrote it); nothing was written — make the patch again from the "
+                         "current files")
 
 
-def _write_and_journal(root: Path, patch: Patch, state_dir: Path, patch_file: Path) -> AppliedPatch:
-    made = _write_all(root, patch.changes)
+def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held: _Held) -> AppliedPatch | None:
+    """The apply (lock held): the record, the writes, the entry; None when a held signal made it
+    roll back."""
+    dirs: list[str] = []
+    for c in patch.changes:
+        if c.new is not None:
+            _make_parents(root, c.path, dirs)
     entry_id = f"{time.time_ns():020d}"
-    entry = {"version": 1, "id": entry_id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "root": str(root), "patch": str(patch_file), "dirs_created": made,
-             "files": [{"path": c.path, "mode": c.mode,
-                        "before": None if c.old is None else base64.b64encode(c.old).decode("ascii"),
-                        "after_sha256": None if c.new is None else _sha(c.new)} for c in patch.changes]}
-    journal = Path(state_dir) / "journal" / f"{entry_id}.json"
+    txn: dict[str, Any] = {
+        "version": 2, "op": "apply", "direction": "forward", "id": entry_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "root": str(root), "patch": str(patch_file),
+        "dirs_created": dirs,
+        "files": [{"path": c.path, "mode": c.mode, "old": _b64(c.old), "old_sha": _sha(c.old),
+                   "new": _b64(c.new), "new_sha": _sha(c.new)} for c in patch.changes]}
     try:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(journal, json.dumps(entry, indent=1).encode("utf-8"), 0o644)
+        _write_json(_txn_path(state_dir), txn)
     except OSError as err:
-        _restore(root, patch.changes)
-        _remove_dirs(root, made)
-        raise PatchError(f"cannot write the undo journal {journal}: {err.strerror}; nothing was changed — "
+        _txn_path(state_dir).unlink(missing_ok=True)
+        raise PatchError(f"cannot write the apply record in {state_dir}: {err.strerror}; nothing was changed — "
                          "set DLLM_STATE_DIR to a writable folder") from None
-    return AppliedPatch(patch, journal, patch_file, entry_id, tuple(made))
+    _pause("apply:journaled", held)
+    try:
+        _roll(root, txn, held, verify=False)
+        _pause("apply:renamed", held)
+        if not held():
+            _record_entry(state_dir, txn, held)
+        if held():  # Ctrl-C, SIGTERM or SIGHUP while writing: roll back, then the caller delivers it
+            _rollback(root, state_dir, txn, held)
+            return None
+        entry = _finish(root, state_dir, txn)
+    except OSError as err:
+        name = getattr(err, "filename", None) or "a file"
+        try:
+            _rollback(root, state_dir, txn, held)
+        except OSError:
+            raise PatchError(f"could not write {name}: {err.strerror or err}; rolling back failed too — the "
+                             f"record stays in {_txn_path(state_dir)} and the next dllm command restores the "
+                             "files") from None
+        raise PatchError(f"could not write {name}: {err.strerror or err}; nothing was changed") from None
+    assert entry is not None
+    return AppliedPatch(patch, entry, patch_file, entry_id, tuple(dirs))
 
+
+def _rollback(root: Path, state_dir: Path, txn: dict[str, Any], held: _Held) -> None:
+    txn["direction"] = "back"
+    _write_json(_txn_path(state_dir), txn)
+    _pause("apply:rolling-back", held)
+    try:
+        _roll(root, txn, held)
+    except _Conflict as conflict:  # a file was written by someone else in the meantime
+        kept = Path(state_dir) / "interrupted" / f"{txn['id']}.json"
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(_txn_path(state_dir), kept)
+        _clean_temps(root, txn)
+        raise PatchError(f"the apply could not be rolled back: {', '.join(conflict.paths)} changed meanwhile; "
+                         f"the record, with both versions of every file, is kept at {kept}") from None
+    _finish(root, state_dir, txn)
+
+
+# --- undo ---------------------------------------------------------------------------------------
 
 def _last_journal(state_dir: Path) -> Path:
     folder = Path(state_dir) / "journal"
@@ -250,44 +568,78 @@ def _last_journal(state_dir: Path) -> Path:
     return entries[-1]
 
 
-def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
-    """Restore the exact bytes from before the last applied patch; refuse if its files changed since."""
-    root = Path(os.path.realpath(root))
-    path = _last_journal(state_dir)
+def _read_entry(path: Path) -> dict[str, Any]:
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-        records = entry["files"]
+        entry["files"], entry["id"]  # noqa: B018 (the fields must be there)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PatchError(f"the undo journal {path} is unreadable ({err}); move it away to undo older "
                          "patches") from None
-    if entry.get("root") != str(root):
-        raise PatchError(f"the last dllm patch was applied in {entry.get('root')}, not {root}; "
-                         "run dllm undo there")
-    changes = []
-    for rec in records:
-        rel = check_path(root, rec["path"])
-        current = _read_or_none(root / rel)
-        expected = rec["after_sha256"]
-        if (current is None) != (expected is None) or (current is not None and _sha(current) != expected):
-            raise PatchError(f"cannot undo: {rel} changed since dllm applied patch {entry['id']}; "
-                             "nothing was restored — undo those changes by hand or with git")
-        before = None if rec["before"] is None else base64.b64decode(rec["before"])
-        changes.append(FileChange(rel, current, before, int(rec["mode"])))
-    done = path.parent / "undone" / path.name
-    with _sigint_deferred():  # a Ctrl-C here waits: the restore takes milliseconds, then it is done
-        _write_all(root, changes)
-        _remove_dirs(root, entry.get("dirs_created", []))
-        done.parent.mkdir(exist_ok=True)
-        os.replace(path, done)
+    return dict(entry)
+
+
+def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
+    """Restore the exact bytes from before the last applied patch; refuse if its files changed since."""
+    root = Path(os.path.realpath(root))
+    with _signals_held() as held, locked(state_dir):
+        found = _resolve(root, state_dir)
+        path = _last_journal(state_dir)
+        entry = _read_entry(path)
+        if entry.get("root") != str(root):
+            raise PatchError(f"the last dllm patch was applied in {entry.get('root')}, not {root}; "
+                             "run dllm undo there")
+        changes, files = [], []
+        for rec in entry["files"]:
+            rel = check_path(root, rec["path"])
+            current = read_current(root, rel)[0]
+            expected = rec["after_sha256"]
+            if _sha(current) != expected:
+                raise PatchError(f"cannot undo: {rel} changed since dllm applied patch {entry['id']}; "
+                                 "nothing was restored — undo those changes by hand or with git")
+            before = _unb64(rec["before"])
+            changes.append(FileChange(rel, current, before, int(rec["mode"])))
+            files.append({"path": rel, "mode": int(rec["mode"]), "old": rec["before"], "old_sha": _sha(before),
+                          "new": None, "new_sha": expected})
+        txn = {"version": 2, "op": "undo", "direction": "back", "id": entry["id"], "time": entry.get("time"),
+               "root": str(root), "patch": entry.get("patch", ""), "entry": str(path),
+               "dirs_created": entry.get("dirs_created", []), "files": files}
+        _write_json(_txn_path(state_dir), txn)
+        _pause("undo:journaled", held)
+        _roll(root, txn, held, verify=False)  # a held signal is dropped: the undo finishes
+        _pause("undo:renamed", held)
+        done = _finish(root, state_dir, txn)
+    assert done is not None
     return AppliedPatch(Patch(tuple(changes), unified_diff(changes)), done, Path(entry.get("patch", "")),
-                        entry["id"])
+                        entry["id"], commit=entry.get("commit"), recovered=(found.message(),) if found else ())
 
 
 # --- git commit -----------------------------------------------------------------------------
 
 def commit_patch(root: Path, applied: AppliedPatch, message: str, model_name: str) -> str:
-    """Commit exactly the patch's files (other staged changes stay staged); returns the sha."""
+    """Commit exactly the patch's files (other staged changes stay staged); returns the sha and
+    records it in the journal entry, so `dllm undo` can revert the commit too."""
     changes = applied.patch.changes
     text = f"{message.strip()}\n\nGenerated-by: dllm ({model_name})\n"
-    return repo.commit(root, [c.path for c in changes if c.new is not None],
-                       [c.path for c in changes if c.new is None], text)
+    sha = repo.commit(root, [c.path for c in changes if c.new is not None],
+                      [c.path for c in changes if c.new is None], text)
+    record_commit(applied, sha)
+    return sha
+
+
+def record_commit(applied: AppliedPatch, sha: str) -> None:
+    """Write the commit's sha into the applied patch's journal entry (atomically)."""
+    path = applied.journal
+    state_dir = path.parent.parent
+    try:
+        with locked(state_dir):
+            entry = _read_entry(path)
+            entry["commit"] = sha
+            _write_json(path, entry)
+    except (OSError, PatchError):
+        pass  # the commit is made; only `dllm undo`'s revert of it is lost (it then says so)
+
+
+def undone_entry(applied: AppliedPatch) -> dict[str, Any]:
+    """The journal entry of an undone patch (for its commit message)."""
+    return _read_entry(applied.journal)
+

@@ -1,10 +1,16 @@
 """Edits → a checked patch: path safety, every edit applied in memory, the unified diff.
 
-Knows: path safety (refused: absolute paths, `..`, anything under a `.git` directory in any
-case, symlinks, paths resolving outside the root through symlinked parents), line endings,
+Knows: path safety (refused: absolute paths, `..`, anything under a `.git` directory, symlinks,
+paths resolving outside the root through symlinked parents, and FIFOs, sockets, devices: only
+regular files are read or replaced), the way git compares path components (NFKC, Unicode format
+characters such as U+200C removed, case-folded, trailing dots and spaces and an NTFS `:stream`
+suffix dropped: `.G\u200cit.` is `.git` on HFS+ and NTFS, so it is refused), line endings,
 file modes, and the unified diff dllm shows (computed here with difflib, never taken from the
 model). Only UTF-8 text files are edited; a BOM, the file's line endings (per line; new lines
 get the file's dominant ending) and a missing final newline are kept; file modes are kept.
+Files are read through files.py (regular files only, at most MAX_EDIT_BYTES). An edit that would
+write dllm's redaction marker (redact.py) into a file where it was not is refused: the model saw
+that secret redacted, and writing its copy back would destroy the real value.
 Matching SEARCH text in a file is `match.py`; writing the patch to disk is `journal.py`.
 Must not: import torch, rich, typer, prompt_toolkit or GitPython, or write any file.
 """
@@ -15,13 +21,18 @@ import difflib
 import os
 import re
 import stat
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .edits import Edit
 from .errors import PatchError
+from .files import Unreadable, not_regular, read_regular
 from .match import dominant_eol, replace_once, split_lines
+from .redact import MARKER
+
+MAX_EDIT_BYTES = 16 * 1024 * 1024  # a bigger file is not edited (its bytes live in memory and the journal)
 
 # --- paths ----------------------------------------------------------------------------------
 
@@ -29,9 +40,22 @@ def _inside(real: str, root_real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
+def fold_component(part: str) -> str:
+    """A path component as case-insensitive, normalising filesystems see it (git's is_hfs_dotgit /
+    is_ntfs_dotgit rules, generalised): NFKC, Unicode format characters (category Cf: U+200C-U+200F,
+    U+202A-U+202E, U+206A-U+206F, U+FEFF, the code points HFS+ ignores, and the rest of Cf) removed,
+    case-folded, an NTFS alternate stream (`:...`) and trailing dots and spaces dropped."""
+    s = unicodedata.normalize("NFKC", part)
+    s = "".join(c for c in s if unicodedata.category(c) != "Cf").casefold()
+    return s.split(":", 1)[0].rstrip(". ")
+
+
 def _is_git_part(part: str) -> bool:
-    low = part.lower().rstrip(". ")  # ".GIT", ".git." and ".git " all mean .git on some filesystems
-    return low in (".git", "git~1")
+    return fold_component(part) in (".git", "git~1")
+
+
+def _is_dots(part: str) -> bool:
+    return part not in (".", "..") and fold_component(part) in ("", ".", "..")
 
 
 def check_path(root: Path, path: str) -> str:
@@ -46,7 +70,9 @@ def check_path(root: Path, path: str) -> str:
     if why is None and (not parts or ".." in parts):
         why = "contains '..'" if parts else "names no file"
     if why is None and any(_is_git_part(x) for x in parts):
-        why = "is inside a .git directory"
+        why = "is inside a .git directory (compared as git does: case, Unicode ignorables, trailing dots)"
+    if why is None and any(_is_dots(x) for x in parts):
+        why = "has a component that a filesystem may read as '.' or '..'"
     rel = "/".join(parts)
     if why is None:
         why = _symlink_problem(root, rel)
@@ -67,6 +93,9 @@ def _symlink_problem(root: Path, rel: str) -> str | None:
         return "is a symbolic link; edit the file it points to instead"
     if os.path.isdir(full):
         return "is a directory"
+    other = not_regular(full, follow=False)
+    if other:
+        return f"is {other}, not a regular file"
     return None
 
 
@@ -136,15 +165,35 @@ def _default_mode() -> int:
     return 0o666 & ~mask
 
 
-def _load(root: Path, rel: str) -> _Text:
+def read_current(root: Path, rel: str) -> tuple[bytes | None, int]:
+    """(bytes or None when missing, permission bits) of a file a patch may change: regular files
+    only (a FIFO is refused without being opened), at most MAX_EDIT_BYTES."""
     full = Path(root) / rel
     try:
-        st = full.stat()
-        return _Text(rel, full.read_bytes(), stat.S_IMODE(st.st_mode))
+        data = read_regular(full, MAX_EDIT_BYTES, follow=False)
+        return data, stat.S_IMODE(os.lstat(full).st_mode)
     except FileNotFoundError:
-        return _Text(rel, None, _default_mode())
+        return None, _default_mode()
+    except Unreadable as err:
+        raise PatchError(f"refusing to edit {rel}: it is {err.reason}; dllm edits regular files up to "
+                         f"{MAX_EDIT_BYTES // (1024 * 1024)} MiB") from None
     except OSError as err:
         raise PatchError(f"cannot read {rel}: {err.strerror}") from None
+
+
+def _load(root: Path, rel: str) -> _Text:
+    data, mode = read_current(root, rel)
+    return _Text(rel, data, mode)
+
+
+def check_markers(changes: Iterable[FileChange]) -> None:
+    """Refuse a change that adds dllm's redaction marker to a file (see the module docstring)."""
+    for c in changes:
+        old = (c.old or b"").count(MARKER.encode())
+        if c.new is not None and c.new.count(MARKER.encode()) > old:
+            raise PatchError(f"{c.path}: the edit writes dllm's redaction marker {MARKER}...] into the file: "
+                             "the model saw a secret there redacted and its copy would replace the real "
+                             "value; nothing was written — make that part of the change by hand")
 
 
 def build_patch(root: Path, edits: Sequence[Edit]) -> Patch:
@@ -160,6 +209,7 @@ def build_patch(root: Path, edits: Sequence[Edit]) -> Patch:
         new = state.encode()
         if new != state.old:
             changes.append(FileChange(rel, state.old, new, state.mode))
+    check_markers(changes)
     return Patch(tuple(changes), unified_diff(changes))
 
 

@@ -339,12 +339,16 @@ def render_models(console: Console, rows: Sequence["ModelRow"]) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("", "name", "family", "params", "dtype", "context", "licence", "source", "path"):
+    for column in ("", "name", "status", "family", "params", "dtype", "context", "licence", "source", "path"):
         table.add_column(column)
     for r in rows:
-        table.add_row("*" if r.chosen else "", printable(r.name), r.family, r.params_human, r.dtype,
+        table.add_row("*" if r.chosen else "", printable(r.name), r.status, r.family, r.params_human, r.dtype,
                       str(r.context or "-"), printable(r.licence), r.source, printable(r.path))
     console.print(table)
+    for r in rows:
+        if r.status != "ok" and r.error:
+            console.print(f"{r.name}: {r.status}: {printable(' '.join(r.error.split()))}", markup=False,
+                          highlight=False)
 
 
 # ---- dllm serve --status -----------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Knows: the work tree containing a directory, its git dir (a worktree's or submodule's `.git`
 file is followed), which files are tracked or untracked-but-not-ignored, `.gitignore`, a
-content search over those files (`git grep`), and `git commit` of exactly a patch's files.
+content search over those files (`git grep`), `git commit` of exactly a patch's files, which of
+them hold changes git has not committed (`uncommitted`, for --commit's check), and whether a
+commit is still on the branch (`is_ancestor`, for the revert by `dllm undo`).
 GitPython is imported inside the functions so `dllm --help` never pays for it.
 Must not: import torch, draw on a terminal, or write files other than through git.
 """
@@ -106,3 +108,57 @@ def commit(root: Path, present: Sequence[str], gone: Sequence[str], message: str
                         "not committed") from None
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         raise DllmError(f"--commit needs a git repository, and {root} is not in one") from None
+
+
+def uncommitted(root: Path, paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(path, what) for each of `paths` (relative to `root`) whose content in the work tree or the
+    index differs from HEAD, that git does not track yet, or that it ignores: what `git commit`
+    of those paths would take besides dllm's own change. DllmError outside a repository."""
+    import git
+
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise DllmError(f"--commit needs a git repository, and {root} is not in one") from None
+    top = Path(os.path.realpath(repo.working_tree_dir or root))
+    base = Path(os.path.realpath(root))
+    rels = {os.path.relpath(base / p, top): p for p in paths}
+    out = repo.git.status("--porcelain=v1", "-z", "--ignored=matching", "--untracked-files=all",
+                          "--", *rels)
+    found: list[tuple[str, str]] = []
+    entries = out.split("\0")
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        code, name = entry[:2], entry[3:]
+        if code[0] in "RC":
+            i += 1  # a rename's or copy's source path follows
+        what = ("not tracked by git" if code == "??" else "ignored by git" if code == "!!" else
+                "staged changes" if code[1] == " " else "uncommitted changes")
+        if name in rels:
+            found.append((rels[name], what))
+    return found
+
+
+def is_ancestor(root: Path, sha: str) -> bool:
+    """Whether commit `sha` is HEAD or one of its ancestors (False when unknown)."""
+    import git
+
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+        return bool(repo.is_ancestor(repo.commit(sha), repo.head.commit))
+    except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return False
+
+
+def commit_subject(root: Path, sha: str) -> str:
+    """The first line of commit `sha`'s message ("" when unknown)."""
+    import git
+
+    try:
+        return str(git.Repo(root, search_parent_directories=True).commit(sha).summary)
+    except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
+        return ""

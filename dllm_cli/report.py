@@ -58,6 +58,7 @@ class ContextReport:
                 "files": [{"path": f.path, "tokens": f.tokens, "reason": f.reason} for f in ctx.files],
                 "stdin_tokens": ctx.stdin_tokens,
                 "skipped": [{"path": s.path, "reason": s.reason, "ranked": s.ranked} for s in ctx.skipped],
+                "redacted": [{"path": r.path, "line": r.line, "kind": r.kind} for r in ctx.redactions],
                 "notes": list(ctx.notes)}
 
 

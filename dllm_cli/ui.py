@@ -112,9 +112,12 @@ class Ui:
                 return choice
 
     def ask_text(self, question: str, default: str = "") -> str | None:
-        """A line of text (`default` pre-filled); None on end of input or an empty answer."""
+        """A line of text; an empty answer takes `default` (shown in brackets, never pre-filled,
+        so what the user types is the whole answer); None on end of input or an empty answer
+        without a default."""
+        shown = f" [{default}]" if default else ""
         try:
-            return self._session().prompt(f"{question}: ", default=default).strip() or None
+            return self._session().prompt(f"{question}{shown}: ").strip() or default or None
         except EOFError:
             return None
 

@@ -510,3 +510,93 @@ def test_the_endpoint_comes_from_the_environment_then_the_config(repo, tmp_path,
     assert code == 2 and "set $INCEPTION_API_KEY" in err
     code, _, err = run(["code", "--dry-run", "--api-key-env", "MY_KEY", "x"], env=no_keys)
     assert code == 2 and "set $MY_KEY" in err
+
+# ---- dllm apply: strict diffs, only regular files (issue 14) ---------------------------------------
+
+STATS_LF = "def mean(xs):\n    return sum(xs) / len(xs)"
+
+
+@pytest.mark.parametrize("diff, words", [
+    # a `git diff` cut off mid-hunk: it used to leave the file a syntax error, exit 0
+    ("--- a/src/other.py\n+++ b/src/other.py\n@@ -1,2 +1,3 @@\n A = 1\n+C = (\n", "not a valid unified diff"),
+    # a hunk whose header claims more lines than it holds
+    ("--- a/src/other.py\n+++ b/src/other.py\n@@ -1,4 +1,4 @@\n A = 1\n-B = 2\n+B = 3\n", "not a valid unified diff"),
+    # a stale diff whose context now sits at another indentation
+    ("--- a/src/other.py\n+++ b/src/other.py\n@@ -1,2 +1,2 @@\n     A = 1\n-    B = 2\n+    B = 3\n",
+     "does not apply"),
+])
+def test_apply_refuses_what_git_apply_refuses(repo, diff, words):
+    before = snapshot(repo)
+    assert subprocess.run(["git", "apply", "--check", "-"], cwd=repo, input=diff.encode(),
+                          capture_output=True).returncode != 0
+    code, _, err = run(["apply", "--yes", "-"], input=diff)
+    assert code == 3 and words in err and "nothing was changed" in err, err
+    assert snapshot(repo) == before
+
+
+def test_a_coloured_diff_is_refused_with_a_message_that_says_why(repo):
+    code, coloured, _ = run(["apply", "--dry-run", "-"], input=FIX, env={"FORCE_COLOR": "1"})
+    assert code == 0 and ANSI in coloured
+    Path("fix.diff").write_text(coloured)
+    before = snapshot(repo)
+    code, _, err = run(["apply", "--yes", "fix.diff"])
+    assert code == 3 and "colour codes" in err and "FORCE_COLOR unset" in err
+    assert snapshot(repo) == before
+    code, plain, _ = run(["apply", "--dry-run", "-"], input=FIX)  # what the message says to do
+    Path("fix.diff").write_bytes(plain.encode())
+    assert run(["apply", "--yes", "fix.diff"])[0] == 0
+
+
+@pytest.mark.parametrize("diff", [
+    "--- a/pipe\n+++ b/pipe\n@@ -1 +1 @@\n-a\n+b\n",  # modify
+    "--- /dev/null\n+++ b/pipe\n@@ -0,0 +1 @@\n+b\n",  # create
+])
+def test_a_fifo_in_the_tree_is_refused_without_hanging(repo, diff):
+    os.mkfifo(repo / "pipe")
+    Path("fifo.diff").write_text(diff)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "dllm_cli", "apply", "--yes", "fifo.diff"], cwd=repo,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 3 and "FIFO" in done.stderr, done.stderr
+    assert time.monotonic() - started < 30
+    assert (repo / "pipe").is_fifo()
+
+
+def test_unicode_ignorables_cannot_smuggle_a_dot_git_path(repo):
+    before = snapshot(repo)
+    for target in (".g\u200cit/hooks/pre-commit", ".GIT\u200d/config", "\ufeff.git/config", ".git./config"):
+        code, _, err = run(["apply", "--yes", "-"], input=create(target))
+        assert code == 3 and ".git" in err, (target, err)
+    assert snapshot(repo) == before
+
+
+# ---- dllm models marks what it could not load ------------------------------------------------------
+
+def test_models_marks_broken_and_unsupported_checkpoints_with_the_reason(repo, dream_ckpt, tmp_path):
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(dream_ckpt, truncated)
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[:len(data) // 2])
+    pickled = tmp_path / "pickled"
+    shutil.copytree(dream_ckpt, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    other = tmp_path / "other-arch"
+    shutil.copytree(dream_ckpt, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
+    no_tok = tmp_path / "no-tokenizer"
+    shutil.copytree(dream_ckpt, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    code, out, err = run(["models", "--json", str(dream_ckpt), str(truncated), str(pickled), str(other), str(no_tok)])
+    assert code == 0, err
+    rows = {Path(r["path"]).name: r for r in json.loads(out) if r["source"] == "argument"}
+    assert rows[dream_ckpt.name]["status"] == "ok" and rows[dream_ckpt.name]["error"] is None
+    assert rows["truncated"]["status"] == "broken" and "truncated" in rows["truncated"]["error"]
+    assert rows["pickled"]["status"] == "unsupported" and "pickle" in rows["pickled"]["error"]
+    assert rows["other-arch"]["status"] == "unsupported" and "mamba" in rows["other-arch"]["error"]
+    assert rows["no-tokenizer"]["status"] == "broken" and "tokenizer" in rows["no-tokenizer"]["error"]
+    code, out, _ = run(["models", str(truncated)])
+    assert "truncated: broken: model.safetensors: truncated" in " ".join(out.split())

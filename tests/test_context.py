@@ -86,10 +86,15 @@ def test_secrets_never_sent_even_when_named(repo):
     assert not {f.path for f in ctx.files} & set(named)
 
 
-def test_private_key_content_is_a_secret_whatever_the_name(repo):
-    (repo / "notes.txt").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
+def test_private_key_content_is_redacted_in_place_whatever_the_name(repo):
+    (repo / "notes.txt").write_text("see below\n-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n"
+                                    "-----END OPENSSH PRIVATE KEY-----\nafter\n")
     ctx = gather("notes", ["notes.txt"], count_tokens=words, budget=1000, cwd=repo)
-    assert ctx.files == () and "private key" in ctx.skipped[0].reason
+    (sent,) = ctx.files
+    assert "b3BlbnNzaC1rZXk" not in sent.text and "[dllm-redacted:private-key]" in sent.text
+    assert sent.text.startswith("see below\n-----BEGIN OPENSSH PRIVATE KEY-----\n") and "after" in sent.text
+    assert [(r.path, r.line, r.kind) for r in ctx.redactions] == [("notes.txt", 2, "private-key")]
+    assert "redacted 1 secret in notes.txt (private-key line 2)" in ctx.report_lines()
 
 
 @pytest.mark.parametrize("path, secret", [
@@ -190,3 +195,98 @@ def test_rank_is_zero_free_and_ordered():
     texts = {"a/pager.py": "def page(): pass", "b.py": "pager = None", "c.py": "unrelated"}
     ranked = rank({"pager"}, texts)
     assert [p for _, p in ranked] == ["a/pager.py", "b.py"]
+
+
+# ---- issue 14: secrets by content, regular files only ------------------------------------------
+
+def plant(repo) -> dict[str, str]:
+    from planted import NAMED_SECRETS, files
+
+    planted = {**files(), **NAMED_SECRETS}
+    for rel, text in planted.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", "-f", *planted)
+    return planted
+
+
+def test_every_secret_kind_is_redacted_in_place_and_reported(repo):
+    from planted import KEPT, NAMED_SECRETS, PLANTED
+
+    planted = plant(repo)
+    ctx = gather("explain", sorted(planted), count_tokens=words, budget=10**6, cwd=repo)
+    sent = {f.path: f.text for f in ctx.files}
+    everything = "\n".join(sent.values())
+    for kind, (path, _, secrets) in PLANTED.items():
+        assert path in sent, (kind, path)
+        assert f"[dllm-redacted:{kind}]" in sent[path], kind
+        assert not [s for s in secrets if s in everything], kind
+        assert kind in {r.kind for r in ctx.redactions if r.path == path}
+    assert all(k in everything for k in KEPT)  # the rest of each file still gives context
+    assert not {r.path for r in ctx.redactions} & {"client_code.py"}  # no false alarm on ordinary code
+    for rel in NAMED_SECRETS:  # secret by name: never read at all
+        assert rel not in sent and Skipped(rel, "secret: never sent") in ctx.skipped
+    assert "plain-kube-token" not in everything and "plain-ppk-body" not in everything
+    lines = ctx.report_lines()
+    assert any(line.startswith("redacted 2 secrets in config.py (aws-access-key-id line 1, "
+                               "aws-secret-access-key line 2)") for line in lines)
+
+
+def test_ranked_files_with_secrets_are_redacted_too_and_a_prompt_about_secrets_gets_no_secret(repo):
+    plant(repo)
+    ctx = gather("secret token password key", count_tokens=words, budget=10**6, cwd=repo)
+    from planted import PLANTED
+
+    everything = "\n".join(f.text for f in ctx.files)
+    assert ctx.files and ctx.redactions
+    assert not [s for _, _, secrets in PLANTED.values() for s in secrets if s in everything]
+
+
+def test_piped_stdin_is_redacted(repo):
+    ctx = gather("explain", count_tokens=words, budget=10**6, cwd=repo,
+                 stdin_text="env:\nGITHUB_TOKEN=ghp_R4nd0mT0k3nV4lu3Xy9Qz8Wv7Ut6Sr5Pq4On1\n")
+    assert "ghp_R4nd0m" not in ctx.stdin_text and "[dllm-redacted:github-token]" in ctx.stdin_text
+    assert [(r.path, r.kind) for r in ctx.redactions] == [("(stdin)", "github-token")]
+
+
+@pytest.mark.parametrize("path", ["secrets.yaml", "secrets.json", "conf/secrets.toml", ".kube/config",
+                                  "kubeconfig", "prod.kubeconfig", "keys/id.ppk"])
+def test_new_secret_names(path):
+    assert is_secret(path)
+
+
+def _alarm(seconds):
+    import signal
+
+    def fail(signum, frame):
+        raise TimeoutError("reading hung (a FIFO was opened)")
+    signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+
+
+def test_a_fifo_is_never_opened_named_or_read(repo):
+    import signal
+
+    from dllm_cli.context import read_text
+
+    os.mkfifo(repo / "src_pipe")
+    os.mkfifo(repo / "docs/pipe.md")
+    _alarm(10)
+    try:
+        text, why = read_text(repo / "src_pipe")
+        assert text is None and "FIFO" in why
+        ctx = gather("pipe guide", ["src_pipe", "docs"], count_tokens=words, budget=1000, cwd=repo)
+        outside = gather("pipe", ["pipe.md"], count_tokens=words, budget=1000, cwd=repo / "docs")
+    finally:
+        signal.alarm(0)
+    assert Skipped("src_pipe", "a FIFO (named pipe), not a regular file: never read") in ctx.skipped
+    assert "docs/pipe.md" not in [f.path for f in ctx.files] and "docs/guide.md" in [f.path for f in ctx.files]
+    assert outside.files == ()
+
+
+def test_every_read_is_capped(repo, monkeypatch):
+    import dllm_cli.context as context
+
+    monkeypatch.setattr(context, "MAX_FILE_BYTES", 8)
+    ctx = gather("mean", ["src/stats.py"], count_tokens=words, budget=1000, cwd=repo)
+    assert ctx.files == () and ctx.skipped[0].reason.startswith("huge")

@@ -349,3 +349,62 @@ def test_our_diff_round_trips_through_parse_unified_diff_and_git(repo, old, new)
     subprocess.run(["git", "apply", "--check", str(saved)], cwd=repo, check=True)
     again = P.build_patch(repo, parse_unified_diff(patch.diff))
     assert again.changes[0].new == expected
+
+
+# --- issue 14: paths as git compares them, regular files only, the redaction marker ---------------
+
+@pytest.mark.parametrize("bad", [
+    ".g\u200cit/config", ".GIT\u200d/hooks/x", "\ufeff.git/config", ".git\u200e/config", "sub/.gi\u200ft/x",
+    ".git::$INDEX_ALLOCATION/config", ".git. /config", "GIT~1/config", ".\uff47it/config",  # fullwidth g (NFKC)
+])
+def test_path_components_are_compared_as_git_does(repo, bad):
+    with pytest.raises(PatchError, match=r"\.git directory"):
+        P.check_path(repo, bad)
+
+
+@pytest.mark.parametrize("good", ["src/gitx.py", ".github/workflows/ci.yml", "a.git.py", ".gitignore"])
+def test_names_that_only_look_like_git_are_allowed(repo, good):
+    assert P.check_path(repo, good) == good
+
+
+def test_dot_dot_hidden_by_ignorables_is_refused(repo):
+    with pytest.raises(PatchError, match="'.' or '..'"):
+        P.check_path(repo, ".\u200c./evil.py")
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: os.mkfifo(p), "FIFO"),
+    (lambda p: __import__("socket").socket(__import__("socket").AF_UNIX).bind(str(p)), "socket"),
+])
+def test_non_regular_files_are_refused_before_any_read(repo, make, words):
+    import signal
+
+    def hung(signum, frame):
+        raise TimeoutError("a FIFO was opened for reading")
+
+    make(repo / "special")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # the guard: opening a FIFO for reading would block forever
+    try:
+        with pytest.raises(PatchError, match=words):
+            P.build_patch(repo, [whole("special", "x\n")])
+        with pytest.raises(PatchError, match=words):
+            P.build_patch(repo, [sr("special", "a\n", "b\n")])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_files_over_the_edit_cap_are_refused(repo, monkeypatch):
+    monkeypatch.setattr(P, "MAX_EDIT_BYTES", 10)
+    write(repo, "big.txt", "x" * 11)
+    with pytest.raises(PatchError, match="huge"):
+        P.build_patch(repo, [whole("big.txt", "y\n")])
+
+
+def test_an_edit_that_writes_the_redaction_marker_over_a_secret_is_refused(repo):
+    write(repo, "conf.py", 'TOKEN = "ghp_R4nd0mT0k3nV4lu3Xy9Qz8Wv7Ut6Sr5Pq4On"\nDEBUG = False\n')
+    seen_by_model = 'TOKEN = "[dllm-redacted:github-token]"\nDEBUG = True\n'
+    with pytest.raises(PatchError, match="redaction marker"):
+        P.build_patch(repo, [whole("conf.py", seen_by_model)])
+    assert b"ghp_R4nd0m" in (repo / "conf.py").read_bytes()

@@ -141,8 +141,8 @@ def test_chat_mode_reads_each_file_once_and_never_scans_for_stubs(repo, dream_ck
     for i in range(5):
         (repo / f"src/m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
     reads, parses = [], []
-    real_read, real_functions = context.read_text, infill.functions
-    monkeypatch.setattr(context, "read_text", lambda path: reads.append(path.name) or real_read(path))
+    real_read, real_functions = context.read_file, infill.functions
+    monkeypatch.setattr(context, "read_file", lambda path: reads.append(path.name) or real_read(path))
     monkeypatch.setattr(infill, "functions", lambda text: parses.append(text) or real_functions(text))
     run = Run(dream_ckpt, ["no edit"], "make mean handle an empty list")
     assert run.code == 3
@@ -300,3 +300,44 @@ def test_a_running_server_of_the_same_checkpoint_is_used_instead_of_loading(repo
             warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py", device="cuda")
         with pytest.raises(TypeError):
             warm_run(dream_ckpt, tmp_path, "make mean handle an empty list", "src/stats.py", no_server=True)
+
+# ---- issue 14: secrets by content never reach the model ------------------------------------------
+
+def test_every_planted_secret_is_redacted_in_the_decoded_prompt(repo, dream_ckpt):
+    from planted import KEPT, NAMED_SECRETS, PLANTED, files
+
+    planted = {**files(), **NAMED_SECRETS}
+    for rel, text in planted.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    git(repo, "add", "-f", *planted)
+    paths = sorted(p for p in planted if p not in NAMED_SECRETS)
+    run = Run(dream_ckpt, ["no edit"], "rotate the secret token and password", *paths, gen_length=32,
+              stdin="log: AWS key AKIAQYLPMN5HHHFPZAM2 used\n")
+    (prompt, _), = run.decoded(dream_ckpt)
+    for kind, (_, _, secrets) in PLANTED.items():
+        assert f"[dllm-redacted:{kind}]" in prompt, kind
+        assert not [s for s in secrets if s in prompt], kind
+    assert all(k in prompt for k in KEPT) and "log: AWS key [dllm-redacted:aws-access-key-id] used" in prompt
+    assert "plain-kube-token" not in prompt and "plain-ppk-body" not in prompt
+    assert "dllm: redacted 2 secrets in config.py" in run.err and "dllm: redacted 1 secret in (stdin)" in run.err
+
+
+def test_show_context_reports_redactions_in_the_table_and_json(repo, dream_ckpt):
+    (repo / "src/conf.py").write_text('GITHUB_TOKEN = "ghp_R4nd0mT0k3nV4lu3Xy9Qz8Wv7Ut6Sr5Pq4On1"\n')
+    git(repo, "add", "src/conf.py")
+    run = Run(dream_ckpt, [], "explain", "src/conf.py", json_out=True, show_context=True)
+    data = json.loads(run.out)
+    assert data["redacted"] == [{"path": "src/conf.py", "line": 1, "kind": "github-token"}]
+    assert "redacted 1 secret in src/conf.py (github-token line 1)" in data["notes"]
+    run = Run(dream_ckpt, [], "explain", "src/conf.py", show_context=True)
+    assert "note: redacted 1 secret in src/conf.py (github-token line 1)" in run.out
+
+
+def test_infill_never_rewrites_a_file_whose_text_was_redacted(repo, dream_ckpt):
+    (repo / "src/stats.py").write_text('TOKEN = "ghp_R4nd0mT0k3nV4lu3Xy9Qz8Wv7Ut6Sr5Pq4On1"\n\n\n'
+                                       'def median(xs):\n    """Middle value."""\n    ...\n')
+    run = Run(dream_ckpt, [EDIT], "implement median", "src/stats.py", dry_run=True)
+    assert "filling" not in run.err  # the file is not an infill source: chat mode, redacted
+    (prompt, _), = run.decoded(dream_ckpt)
+    assert "ghp_R4nd0m" not in prompt and "[dllm-redacted:github-token]" in prompt

@@ -94,7 +94,7 @@ def test_confirm_save_writes_the_patch_and_applies_nothing(ui_with, repo, tmp_pa
     before = snapshot(repo)
     target = tmp_path / "saved.patch"
     with pytest.raises(NotConfirmed, match="saved"):
-        review_output(ANSWER, repo, ReviewOptions(), ui_with(f"s\n\x15{target}\n"))
+        review_output(ANSWER, repo, ReviewOptions(), ui_with(f"s\n{target}\n"))  # typed: the whole answer
     assert snapshot(repo) == before and "+    return sum(xs) / len(xs) if xs else 0.0" in target.read_text()
 
 
@@ -104,7 +104,7 @@ def test_confirm_save_to_an_unwritable_path_is_a_one_line_error(ui_with, repo, t
     before = snapshot(repo)
     target = tmp_path / "no/such/dir/saved.patch"
     with pytest.raises(DllmError, match="cannot save the patch .*nothing was applied.*also kept at") as info:
-        review_output(ANSWER, repo, ReviewOptions(), ui_with(f"s\n\x15{target}\n"))
+        review_output(ANSWER, repo, ReviewOptions(), ui_with(f"s\n{target}\n"))  # typed: the whole answer
     assert info.value.exit_code == 1 and snapshot(repo) == before
 
 
@@ -130,3 +130,55 @@ def test_json_report_keeps_the_patch_when_not_confirmed(ui_with, repo):
     assert data["tokens_per_second"] == 80.0 and data["gen_tokens"] == 40 and data["prompt_tokens"] == 10
     assert "no terminal to confirm on" in data["error"]
     assert json.loads(json.dumps(data)) == data
+
+
+# ---- issue 14: --commit commits only dllm's change; undo reverts the commit -----------------------
+
+def test_commit_is_refused_when_a_touched_file_has_uncommitted_edits(ui_with, repo):
+    (repo / "src/stats.py").write_bytes(b"# my own work in progress\r\n" + (repo / "src/stats.py").read_bytes())
+    before, head = snapshot(repo), git(repo, "rev-parse", "HEAD")
+    with pytest.raises(PatchError, match=r"--commit refused: src/stats\.py: uncommitted changes") as info:
+        review_output(ANSWER, repo, ReviewOptions(yes=True, commit_message="guard mean"), ui_with(None))
+    assert info.value.exit_code == 3 and snapshot(repo) == before and git(repo, "rev-parse", "HEAD") == head
+    git(repo, "add", "src/stats.py")  # staged is refused too
+    with pytest.raises(PatchError, match="staged changes"):
+        review_output(ANSWER, repo, ReviewOptions(yes=True, commit_message="guard mean"), ui_with(None))
+
+
+def test_commit_is_refused_for_an_untracked_file_the_patch_edits(ui_with, repo):
+    (repo / "notes.py").write_text("x = 1\n")
+    answer = "notes.py\n<<<<<<< SEARCH\nx = 1\n=======\nx = 2\n>>>>>>> REPLACE\n"
+    with pytest.raises(PatchError, match="notes.py: not tracked by git"):
+        review_output(answer, repo, ReviewOptions(yes=True, commit_message="bump"), ui_with(None))
+    assert (repo / "notes.py").read_text() == "x = 1\n"
+
+
+def test_undo_of_a_committed_patch_reverts_the_commit_with_a_new_commit(ui_with, repo):
+    from dllm_cli.review import undo_last
+
+    before = snapshot(repo)
+    answer = ANSWER + "\nsrc/new.py\n```python\nNEW = 1\n```\n"
+    review_output(answer, repo, ReviewOptions(yes=True, commit_message="guard mean", model_name="m"), ui_with(None))
+    committed = git(repo, "rev-parse", "HEAD").strip()
+    assert git(repo, "status", "--porcelain", "--", "src").strip() == ""
+    ui = ui_with(None)
+    undo_last(repo, ui)
+    assert snapshot(repo) == before
+    said = ui.err.file.getvalue()
+    assert f"reverted commit {committed[:12]} with a new commit" in said
+    message = git(repo, "log", "-1", "--format=%B")
+    assert message.startswith('Revert "guard mean"') and f"This reverts commit {committed}." in message
+    assert git(repo, "status", "--porcelain", "--", "src").strip() == ""  # the revert took every file of the patch
+    assert git(repo, "diff", "HEAD~2", "HEAD", "--stat").strip() == ""
+
+
+def test_undo_says_the_commit_stays_when_it_left_the_branch(ui_with, repo):
+    from dllm_cli.review import undo_last
+
+    review_output(ANSWER, repo, ReviewOptions(yes=True, commit_message="guard mean"), ui_with(None))
+    committed = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "reset", "-q", "--soft", "HEAD~1")  # the commit is no longer on the branch
+    ui = ui_with(None)
+    undo_last(repo, ui)
+    said = " ".join(ui.err.file.getvalue().split())
+    assert f"committed as {committed[:12]}, which is no longer on this branch; the commit stays" in said

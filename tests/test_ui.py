@@ -59,6 +59,14 @@ def test_ask_text_keeps_the_default_on_enter():
         pipe.__exit__(None, None, None)
 
 
+def test_ask_text_is_not_prefilled_so_a_typed_path_is_the_whole_answer():
+    ui, pipe = make_ui("fix.diff\n")
+    try:
+        assert ui.ask_text("save to", "dllm.patch") == "fix.diff"
+    finally:
+        pipe.__exit__(None, None, None)
+
+
 class FakeStream(io.BytesIO):
     def __init__(self, data: bytes, tty: bool) -> None:
         super().__init__(data)
