@@ -39,22 +39,28 @@ import base64
 import hashlib
 import json
 import os
-import select
 import signal
-import sys
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from . import repo
+from .durable import (
+    Held,
+    atomic_write,
+    deliver,
+    fsync_dir,
+    locked,
+    pause,
+    plan_parents,
+    remove_dirs,
+    signals_held,
+    write_new,
+)
 from .errors import Interrupted, PatchError
 from .patch import FileChange, Patch, check_path, read_current, unified_diff
 
-LOCK_TIMEOUT = 30.0  # seconds to wait for another dllm's check-and-write
-HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 PAUSE_STAGES = ("apply:before-lock", "apply:journaled", "apply:staged", "apply:renamed-1", "apply:renamed",
                 "apply:recorded", "apply:rolling-back", "rollback:staged", "rollback:renamed-1",
                 "undo:journaled", "undo:staged", "undo:renamed-1", "undo:renamed")
@@ -118,167 +124,11 @@ def save_patch(patch: Patch, state_dir: Path) -> Path:
         if existing:
             return existing[-1]
         target = folder / f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{digest}.diff"
-        _atomic_write(target, patch.diff.encode("utf-8", "surrogateescape"), 0o644)
+        atomic_write(target, patch.diff.encode("utf-8", "surrogateescape"), 0o644)
     except OSError as err:
         raise PatchError(f"cannot save the patch under {folder}: {err.strerror}; "
                          "set DLLM_STATE_DIR to a writable folder") from None
     return target
-
-
-# --- durable writes -------------------------------------------------------------------------
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to `path` (created or truncated, never through a symlink) and fsync it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(path, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb", closefd=False) as handle:
-            handle.write(data)
-            handle.flush()
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(target: Path, data: bytes, mode: int) -> None:
-    """Replace `target` by `data` atomically and durably (temp file, fsync, rename, fsync dir)."""
-    tmp = target.parent / f".dllm-{os.getpid()}-{time.time_ns()}.tmp"
-    try:
-        _write_new(tmp, data, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _make_parents(root: Path, rel: str, planned: list[str]) -> None:
-    parent = Path(rel).parent
-    for folder in reversed([parent, *parent.parents][:-1]):  # shallowest first, "." excluded
-        name = folder.as_posix()
-        if not (root / folder).exists() and name not in planned:
-            planned.append(name)
-
-
-def _remove_dirs(root: Path, dirs: Sequence[str]) -> None:
-    for folder in reversed(dirs):
-        try:
-            (root / folder).rmdir()
-        except OSError:
-            pass  # not empty any more, or gone: keep going
-
-
-# --- the lock, held signals and the test seam -----------------------------------------------
-
-@contextmanager
-def locked(state_dir: Path, stop: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """Hold `<state dir>/lock` (one dllm writes in a repository at a time). `stop`: give up
-    waiting when it turns true (a held signal)."""
-    from filelock import FileLock, Timeout
-
-    try:
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PatchError(f"cannot create the state dir {state_dir}: {err.strerror}; "
-                         "set DLLM_STATE_DIR to a writable folder") from None
-    lock = FileLock(str(Path(state_dir) / "lock"))
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    while True:
-        try:
-            lock.acquire(timeout=0.1)
-            break
-        except Timeout:
-            if stop():
-                raise KeyboardInterrupt from None
-            if time.monotonic() > deadline:
-                raise PatchError(f"another dllm is writing in this repository (the lock {lock.lock_file} has "
-                                 f"been held for {LOCK_TIMEOUT:.0f} s); try again when it has finished") from None
-        except OSError as err:
-            raise PatchError(f"cannot take the lock {lock.lock_file}: {err.strerror or err}") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-class _Held:
-    """Signals received while held, in order."""
-
-    def __init__(self) -> None:
-        self.signals: list[int] = []
-
-    def __call__(self) -> bool:
-        return bool(self.signals)
-
-
-@contextmanager
-def _signals_held() -> Iterator[_Held]:
-    """Ctrl-C, SIGTERM and SIGHUP inside the block are recorded, not acted on (a signal the
-    process ignores stays ignored). Main thread only: elsewhere signals do not arrive."""
-    held = _Held()
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-    previous: dict[int, Any] = {}
-    for signum in HELD_SIGNALS:
-        current = signal.getsignal(signum)
-        if current is signal.SIG_IGN:
-            continue
-        previous[signum] = current
-        signal.signal(signum, lambda s, frame: held.signals.append(s))
-    try:
-        yield held
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _deliver(signum: int) -> None:
-    """Deliver a held signal now that its handler is back (the default action for SIG_DFL);
-    KeyboardInterrupt if the handler returns."""
-    handler = signal.getsignal(signum)
-    if callable(handler):
-        handler(signum, None)
-    elif handler == signal.SIG_DFL:
-        os.kill(os.getpid(), signum)
-        time.sleep(1)  # the default action (termination) lands here
-    raise KeyboardInterrupt
-
-
-def _pause(stage: str, held: _Held | None = None) -> None:
-    """The test seam (see the module docstring): waits for stdin, or for a signal held after the
-    pause began."""
-    wanted = os.environ.get("DLLM_TEST_PAUSE_AT")
-    if not wanted or stage not in wanted.split(","):
-        return
-    before = len(held.signals) if held is not None else 0  # counted before the test can see the line
-    stdin = sys.stdin.fileno() if sys.stdin is not None else -1
-    os.write(2, f"dllm-test: paused at {stage}\n".encode())
-    while held is None or len(held.signals) == before:
-        if stdin < 0:
-            time.sleep(0.05)
-            continue
-        try:
-            ready, _, _ = select.select([stdin], [], [], 0.05)
-        except (OSError, ValueError):
-            return
-        if ready:
-            os.read(stdin, 4096)
-            return
 
 
 # --- the transaction record ---------------------------------------------------------------------
@@ -301,7 +151,7 @@ def _txn_path(state_dir: Path) -> Path:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(data, indent=1).encode("utf-8"), 0o644)
+    atomic_write(path, json.dumps(data, indent=1).encode("utf-8"), 0o644)
 
 
 def _temp_for(root: Path, txn: dict[str, Any], n: int) -> Path:
@@ -318,7 +168,7 @@ class _Conflict(Exception):
         self.paths = paths
 
 
-def _roll(root: Path, txn: dict[str, Any], held: _Held | None, *, verify: bool = True) -> None:
+def _roll(root: Path, txn: dict[str, Any], held: Held | None, *, verify: bool = True) -> None:
     """Bring every file of `txn` to its target side ("new" going forward, "old" going back):
     temp files first (fsynced), then the renames and unlinks; a file already there is left."""
     to, frm = ("new", "old") if txn["direction"] == "forward" else ("old", "new")
@@ -346,11 +196,11 @@ def _roll(root: Path, txn: dict[str, Any], held: _Held | None, *, verify: bool =
         data = _unb64(f[to])
         if f[f"{to}_sha"] is not None:
             assert data is not None and _sha(data) == f[f"{to}_sha"], "the record's bytes do not match their hash"
-            _write_new(_temp_for(root, txn, n), data, int(f["mode"]))
+            write_new(_temp_for(root, txn, n), data, int(f["mode"]))
             folders.add((root / f["path"]).parent)
     for folder in folders:
-        _fsync_dir(folder)
-    _pause(f"{stage}:staged", held)
+        fsync_dir(folder)
+    pause(f"{stage}:staged", held)
     for k, n in enumerate(todo):
         f = txn["files"][n]
         target = root / f["path"]
@@ -360,11 +210,11 @@ def _roll(root: Path, txn: dict[str, Any], held: _Held | None, *, verify: bool =
             os.replace(_temp_for(root, txn, n), target)
         folders.add(target.parent)
         if k == 0:
-            _pause(f"{stage}:renamed-1", held)
+            pause(f"{stage}:renamed-1", held)
     for folder in folders:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     if txn["direction"] == "back":
-        _remove_dirs(root, txn.get("dirs_created", []))
+        remove_dirs(root, txn.get("dirs_created", []))
 
 
 def _clean_temps(root: Path, txn: dict[str, Any]) -> None:
@@ -383,12 +233,12 @@ def _entry_from(txn: dict[str, Any]) -> dict[str, Any]:
                       for f in txn["files"]]}
 
 
-def _record_entry(state_dir: Path, txn: dict[str, Any], held: _Held | None = None) -> Path:
+def _record_entry(state_dir: Path, txn: dict[str, Any], held: Held | None = None) -> Path:
     """Write the completed apply's journal entry (once)."""
     path = Path(state_dir) / "journal" / f"{txn['id']}.json"
     if not path.exists():
         _write_json(path, _entry_from(txn))
-    _pause("apply:recorded", held)
+    pause("apply:recorded", held)
     return path
 
 
@@ -406,11 +256,11 @@ def _finish(root: Path, state_dir: Path, txn: dict[str, Any]) -> Path | None:
         if src.exists():
             entry_path.parent.mkdir(exist_ok=True)
             os.replace(src, entry_path)
-            _fsync_dir(src.parent)
-            _fsync_dir(entry_path.parent)
+            fsync_dir(src.parent)
+            fsync_dir(entry_path.parent)
     _clean_temps(root, txn)
     _txn_path(state_dir).unlink(missing_ok=True)
-    _fsync_dir(Path(state_dir))
+    fsync_dir(Path(state_dir))
     return entry_path
 
 
@@ -471,16 +321,16 @@ def apply_patch(root: Path, patch: Patch, *, state_dir: Path) -> AppliedPatch:
     for c in patch.changes:
         check_path(root, c.path)
     patch_file = save_patch(patch, state_dir)
-    _pause("apply:before-lock")
+    pause("apply:before-lock")
     applied: AppliedPatch | None = None
-    with _signals_held() as held:
+    with signals_held() as held:
         with locked(state_dir, held):
             found = _resolve(root, state_dir)
             _check_base(root, patch)
             if not held():  # a signal before anything was written: nothing to do or undo
                 applied = _transact(root, patch, Path(state_dir), patch_file, held)
     if applied is None:  # rolled back (or never started) because of a held signal
-        _deliver(held.signals[0] if held.signals else signal.SIGINT)
+        deliver(held.signals[0] if held.signals else signal.SIGINT)
     assert applied is not None
     if held():  # the signal came after the point of no return (txn.json removed): say what is done
         err = Interrupted(f"stopped by {signal.Signals(held.signals[0]).name} just after the patch was applied to "
@@ -499,13 +349,13 @@ def _check_base(root: Path, patch: Patch) -> None:
                          "current files")
 
 
-def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held: _Held) -> AppliedPatch | None:
+def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held: Held) -> AppliedPatch | None:
     """The apply (lock held): the record, the writes, the entry; None when a held signal made it
     roll back."""
     dirs: list[str] = []
     for c in patch.changes:
         if c.new is not None:
-            _make_parents(root, c.path, dirs)
+            plan_parents(root, c.path, dirs)
     entry_id = f"{time.time_ns():020d}"
     txn: dict[str, Any] = {
         "version": 2, "op": "apply", "direction": "forward", "id": entry_id,
@@ -519,10 +369,10 @@ def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held:
         _txn_path(state_dir).unlink(missing_ok=True)
         raise PatchError(f"cannot write the apply record in {state_dir}: {err.strerror}; nothing was changed — "
                          "set DLLM_STATE_DIR to a writable folder") from None
-    _pause("apply:journaled", held)
+    pause("apply:journaled", held)
     try:
         _roll(root, txn, held, verify=False)
-        _pause("apply:renamed", held)
+        pause("apply:renamed", held)
         if not held():
             _record_entry(state_dir, txn, held)
         if held():  # Ctrl-C, SIGTERM or SIGHUP while writing: roll back, then the caller delivers it
@@ -542,10 +392,10 @@ def _transact(root: Path, patch: Patch, state_dir: Path, patch_file: Path, held:
     return AppliedPatch(patch, entry, patch_file, entry_id, tuple(dirs))
 
 
-def _rollback(root: Path, state_dir: Path, txn: dict[str, Any], held: _Held) -> None:
+def _rollback(root: Path, state_dir: Path, txn: dict[str, Any], held: Held) -> None:
     txn["direction"] = "back"
     _write_json(_txn_path(state_dir), txn)
-    _pause("apply:rolling-back", held)
+    pause("apply:rolling-back", held)
     try:
         _roll(root, txn, held)
     except _Conflict as conflict:  # a file was written by someone else in the meantime
@@ -581,7 +431,7 @@ def _read_entry(path: Path) -> dict[str, Any]:
 def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
     """Restore the exact bytes from before the last applied patch; refuse if its files changed since."""
     root = Path(os.path.realpath(root))
-    with _signals_held() as held, locked(state_dir):
+    with signals_held() as held, locked(state_dir):
         found = _resolve(root, state_dir)
         path = _last_journal(state_dir)
         entry = _read_entry(path)
@@ -604,9 +454,9 @@ def undo(root: Path, *, state_dir: Path) -> AppliedPatch:
                "root": str(root), "patch": entry.get("patch", ""), "entry": str(path),
                "dirs_created": entry.get("dirs_created", []), "files": files}
         _write_json(_txn_path(state_dir), txn)
-        _pause("undo:journaled", held)
+        pause("undo:journaled", held)
         _roll(root, txn, held, verify=False)  # a held signal is dropped: the undo finishes
-        _pause("undo:renamed", held)
+        pause("undo:renamed", held)
         done = _finish(root, state_dir, txn)
     assert done is not None
     return AppliedPatch(Patch(tuple(changes), unified_diff(changes)), done, Path(entry.get("patch", "")),

@@ -297,7 +297,7 @@ def test_a_held_lock_makes_apply_wait_then_refuse(work, monkeypatch):
     from filelock import FileLock
 
     root, old, _ = work
-    monkeypatch.setattr(J, "LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr("dllm_cli.durable.LOCK_TIMEOUT", 0.3)
     state = root / ".git/dllm"
     state.mkdir(parents=True, exist_ok=True)
     patch = P.build_patch(root, [Edit("a.py", None, "x = 1\n", "whole_file", 1)])
