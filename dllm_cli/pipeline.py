@@ -14,14 +14,14 @@ the user (cli.py's edge does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import catalog, generate, infill
 from .backend import Backend, open_local
 from .catalog import Checkpoint
-from .config import SamplerConfig
+from .config import SamplerConfig, family_sampler
 from .context import Tree, gather, named_files, source_files
 from .edits import Edit
 from .errors import DllmError, PatchError, UsageError
@@ -48,12 +48,16 @@ class CodeOptions:
     infill: bool | None = None  # True: --infill, False: --no-infill, None: when there are stubs
     show_context: bool = False
     review: ReviewOptions = field(default_factory=ReviewOptions)
+    # The command-line sampler options (SamplerConfig.from_options keywords): when given, `cfg` is
+    # rebuilt from them over the checkpoint family's default (family_defaults); None: `cfg` as is.
+    sampler_options: dict[str, Any] | None = None
 
 
 def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | None = None) -> None:
     """Run `dllm code`. `backend`: an already open one (a test's scripted model, a server);
     None loads the checkpoint `opts.model` names."""
     ckpt = catalog.inspect(opts.model)
+    opts = family_defaults(opts, ckpt)
     tokenizer = Tokenizer.from_checkpoint(ckpt)
     tree = Tree.open(cwd or Path.cwd())
     regions = infill_plan(opts, tree)
@@ -68,6 +72,22 @@ def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | 
         fill_regions(ui, backend, ckpt, tokenizer, tree, regions, opts)
     else:
         chat(ui, backend, ckpt, tokenizer, tree, opts)
+
+
+def family_defaults(opts: CodeOptions, ckpt: Checkpoint) -> CodeOptions:
+    """What the checkpoint's family changes: the sampler starts from its recipe
+    (config.family_sampler: block-diffusion families their own loop and block, the others
+    dllm's fast mode) with the command-line options over it; a block-diffusion checkpoint is
+    asked in chat mode (its attention is causal across blocks: it cannot see a suffix)."""
+    cfg, infill = opts.cfg, opts.infill
+    if opts.sampler_options is not None:
+        cfg = SamplerConfig.from_options(family_sampler(ckpt.family, ckpt.attention_block), **opts.sampler_options)
+    if ckpt.attention_block is not None:
+        if infill:
+            raise UsageError(f"--infill: {ckpt.name} is a block-diffusion model (attention causal across blocks), "
+                             "which cannot fill a region between code before and after it; drop --infill")
+        infill = False
+    return replace(opts, cfg=cfg, infill=infill)
 
 
 def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str) -> Backend:
