@@ -378,9 +378,9 @@ class NoMaskModel:
         out[:, pos >= self.eos_from, self.tokens.eos] += self.eos_bias
         return out
 
-    def logits(self, ids, attention_mask=None, cache=None, window=None):
-        out = self.model.logits(ids, attention_mask, cache, window)
-        return self._edit(out, 0 if window is None else window[0])
+    def logits(self, ids, attention_mask=None, cache=None, window=None, rows=None):
+        out = self.model.logits(ids, attention_mask, cache, window, rows)
+        return self._edit(out, rows[0] if rows else (0 if window is None else window[0]))
 
     @torch.no_grad()
     def raw(self, ids):

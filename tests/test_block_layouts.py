@@ -102,6 +102,9 @@ def test_exact_cache_windows_equal_the_full_pass(pair):
         skip = 1 if layout == "fast-dllm-v2" else 0  # a block's first row: its own hidden state there
         assert (win[:, skip:] - full[:, s + skip:e]).abs().max().item() < 1e-5 * max(1.0, full.abs().max().item())
         assert cache.length == s
+        part = ours.logits(ids[:, :e], cache=cache, window=(s, e), rows=(e - 2, e))  # score two rows only
+        cache.crop(s)
+        assert part.shape[1] == 2 and torch.allclose(part, win[:, -2:], atol=1e-5, rtol=1e-5)
         two = ours.logits(ids[:, :e], cache=cache, window=(s, e))  # the same block again: keep it
         assert torch.allclose(two, win, atol=1e-6)
         assert cache.length == e
@@ -109,6 +112,15 @@ def test_exact_cache_windows_equal_the_full_pass(pair):
     assert no_cache.shape[1] == B
     if layout != "fast-dllm-v2":
         assert (no_cache - full[:, T - B:]).abs().max().item() < 1e-5 * max(1.0, full.abs().max().item())
+
+
+def test_rows_outside_the_window_or_on_a_bidirectional_model_are_refused(tmp_path, dream_ckpt):
+    model = load_model(make_sdar_checkpoint(tmp_path))
+    with pytest.raises(ValueError, match="outside the window"):
+        model.logits(_ids(model, T=8), window=(4, 8), rows=(2, 6))
+    dream = load_model(dream_ckpt)
+    with pytest.raises(ValueError, match="block-causal"):
+        dream.logits(_ids(dream, T=8), rows=(0, 2))
 
 
 def test_cache_misuse_is_refused(tmp_path):

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 
 class Denoiser(Protocol):
-    """What `sampler.denoise` and `dreamon.denoise_dreamon` call (tests pass mocks of it)."""
+    """What `sampler.denoise` and `dreamon.denoise_dreamon` call (tests pass mocks of it). A
+    block-causal model (`attention_block` set) also takes `rows=(a, b)` in `logits`: only those
+    positions of the window are scored."""
 
     tokens: SpecialTokens
 
@@ -81,8 +83,8 @@ class Model:
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                cache: KVCache | BlockKVCache | None = None,
-               window: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.net.logits(ids, attention_mask, cache, window)
+               window: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.net.logits(ids, attention_mask, cache, window, rows)
 
     def new_cache(self) -> KVCache | BlockKVCache:
         """An empty cache for this model: the approximate canvas KVCache (bidirectional layouts,

@@ -649,15 +649,17 @@ class _BlockRun:
 
     # ---- forwards ------------------------------------------------------------------------
 
-    def block_logits(self, bs: int, be: int) -> torch.Tensor:
-        """(be - bs, V) fp32 aligned logits of the block, given everything before it."""
+    def block_logits(self, bs: int, be: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """(b - a, V) fp32 aligned logits of positions rows = (a, b) (default: the block), from a
+        forward of the block [bs, be) given everything before it."""
+        a, b = rows or (bs, be)
         self.forwards += 1
         if self.cache is None:
-            return self.call(self.x[:, :be], window=(bs, be))[0].float()
+            return self.call(self.x[:, :be], window=(bs, be), rows=(a, b))[0].float()
         s = self.cache.length
-        out = self.call(self.x[:, :be], cache=self.cache, window=(s, be))
+        out = self.call(self.x[:, :be], cache=self.cache, window=(s, be), rows=(a, b))
         self.cache.crop(bs)
-        return out[0, bs - s:].float()
+        return out[0].float()
 
     def next_token_logits(self, pos: int) -> torch.Tensor:
         """(V,) fp32 logits that score position `pos` from the positions before it (Fast-dLLM v2's
@@ -665,9 +667,9 @@ class _BlockRun:
         this forward also keeps everything before `pos`."""
         self.forwards += 1
         if self.cache is None:
-            return self.call(self.x[:, :pos + 1], window=(pos - 1, pos + 1))[0, -1].float()
+            return self.call(self.x[:, :pos + 1], window=(pos - 1, pos + 1), rows=(pos, pos + 1))[0, -1].float()
         s = self.cache.length
-        out = self.call(self.x[:, :pos + 1], cache=self.cache, window=(s, pos + 1))
+        out = self.call(self.x[:, :pos + 1], cache=self.cache, window=(s, pos + 1), rows=(pos, pos + 1))
         self.cache.crop(pos)
         return out[0, -1].float()
 
@@ -769,7 +771,7 @@ class _BlockRun:
                 masked = self.masked(ss, se)
                 if not bool(masked.any()):
                     break
-                lg = self.block_logits(bs, be)[ss - bs:se - bs]
+                lg = self.block_logits(bs, be, rows=(ss, se))
                 x0, prob = v2_propose(lg, self.cfg, self.mask, self.gen)
                 conf = torch.where(masked, prob, torch.full_like(prob, -torch.inf))
                 yield self.commit(ss, v2_select(conf, masked, self.cfg.threshold), x0, prob)

@@ -340,7 +340,7 @@ class DiffusionModel(nn.Module):
 
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                cache: "KVCache | BlockKVCache | None" = None,
-               window: tuple[int, int] | None = None) -> torch.Tensor:
+               window: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """ids (B, T) -> aligned logits (B, T, V), or (B, e-s, V) for window=(s, e).
 
         attention_mask (B, T): 1 for real tokens, 0 for padding (keys only).
@@ -351,7 +351,9 @@ class DiffusionModel(nn.Module):
         `_block_logits` for the exact cache.
         """
         if self.spec.block_causal:
-            return self._block_logits(ids, attention_mask, cache, window)
+            return self._block_logits(ids, attention_mask, cache, window, rows)
+        if rows is not None:
+            raise ValueError("rows=(a, b) is for block-causal layouts")
         T = ids.shape[1]
         s, e = (0, T) if window is None else window
         if window is not None:
@@ -366,7 +368,8 @@ class DiffusionModel(nn.Module):
         return self.head(x)
 
     def _block_logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                      cache: "KVCache | BlockKVCache | None", window: tuple[int, int] | None) -> torch.Tensor:
+                      cache: "KVCache | BlockKVCache | None", window: tuple[int, int] | None,
+                      rows: tuple[int, int] | None) -> torch.Tensor:
         """The block-causal forward. Keys never lie past the queries' block, so `ids` needs to
         cover positions 0..e-1 only.
 
@@ -377,11 +380,16 @@ class DiffusionModel(nn.Module):
         Shifted layouts (Fast-dLLM v2) realign inside the window: position s + j is scored by
         the hidden state of s + j - 1 (j >= 1) and position s by its own, as the official loop
         shifts a block's logits; with s = 0 this is the full pass's alignment.
+        rows=(a, b) inside the window: the head scores positions a..b-1 only (every window row is
+        still computed and its K/V written): (B, b-a, V).
         """
         T = ids.shape[1]
         s, e = (0, T) if window is None else window
         if not 0 <= s < e <= T:
             raise ValueError(f"window=({s}, {e}) is outside the canvas of {T} positions")
+        a, b = (s, e) if rows is None else rows
+        if not s <= a < b <= e:
+            raise ValueError(f"rows=({a}, {b}) are outside the window ({s}, {e})")
         if cache is None:
             x = self._states(ids, attention_mask, None, 0, e, full=True)[:, s:]
         else:
@@ -392,7 +400,7 @@ class DiffusionModel(nn.Module):
             x = self._states(ids, attention_mask, cache, s, e, full=False)
         if self.spec.shifted:
             x = torch.cat((x[:, :1], x[:, :-1]), dim=1)
-        return self.head(x)
+        return self.head(x[:, a - s:b - s])
 
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> the final normed hidden states (B, T, hidden), unshifted: for a shifted
