@@ -546,21 +546,21 @@ def _draw(probs: torch.Tensor, mask_id: int, gen: torch.Generator) -> torch.Tens
     return torch.multinomial(w, 1, generator=gen)[:, 0]
 
 
-def sdar_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None) -> torch.Tensor:
-    """SDAR's choice among the block's masked rows (conf: -inf elsewhere). threshold None
-    (low_confidence_static): the top-k. threshold t (low_confidence_dynamic): every masked row
-    with p > t (strict) if there are at least k of them, else the top-k. k is clamped to the
-    masks left: the official topk is not, and overwrites prompt tokens in the first block when k
-    exceeds them (docs/sampling.md)."""
-    k = min(k, int(masked.sum()))
+def sdar_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None,
+                masks: int | None = None) -> torch.Tensor:
+    """SDAR's choice among the block's masked rows (conf: -inf elsewhere; `masks` their number,
+    when the caller knows it without a device sync). threshold None (low_confidence_static): the
+    top-k. threshold t (low_confidence_dynamic): every masked row with p > t (strict) if there are
+    at least k of them, else the top-k. k is clamped to the masks left: the official topk is not,
+    and overwrites prompt tokens in the first block when k exceeds them (docs/sampling.md)."""
+    k = min(k, int(masked.sum()) if masks is None else masks)
     accept = torch.zeros_like(masked)
-    if threshold is not None:
-        high = (conf > threshold) & masked
-        if int(high.sum()) >= k:
-            return high
     if k > 0:
         accept[torch.topk(conf, k).indices] = True
-    return accept
+    if threshold is None:
+        return accept
+    high = (conf > threshold) & masked
+    return torch.where(high.sum() >= k, high, accept)  # on the device: no sync
 
 
 def sdc_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
@@ -579,13 +579,14 @@ def sdc_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
     return x0, torch.softmax(lg.double(), dim=-1).gather(-1, x0[:, None])[:, 0]
 
 
-def sdc_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None) -> torch.Tensor:
-    """Stable-DiffCoder's choice (conf: -inf outside the masked rows): the top-k without a
-    threshold; with one, the most confident masked row plus every masked row with p >= t (never
-    fewer than k, the minimum that finishes the block within its steps: 1 whenever steps >=
-    masks, where this is the official rule)."""
+def sdc_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None,
+               masks: int | None = None) -> torch.Tensor:
+    """Stable-DiffCoder's choice (conf: -inf outside the masked rows; `masks` their number): the
+    top-k without a threshold; with one, the most confident masked row plus every masked row with
+    p >= t (never fewer than k, the minimum that finishes the block within its steps: 1 whenever
+    steps >= masks, where this is the official rule)."""
     accept = torch.zeros_like(masked)
-    m = int(masked.sum())
+    m = int(masked.sum()) if masks is None else masks
     order = torch.topk(conf, m if threshold is not None else min(k, m)).indices
     accept[order] = True
     if threshold is not None:
@@ -679,6 +680,10 @@ class _BlockRun:
         """(be - bs,) bool, device: the block's rows still masked."""
         return self.x[0, bs:be] == self.mask
 
+    def masks_left(self, bs: int, be: int) -> int:
+        """How many of [bs, be) are masked, from the host copy (prompt positions never are)."""
+        return self.tokens[max(bs, self.P) - self.P:max(be, self.P) - self.P].count(self.mask)
+
     def commit(self, bs: int, accept: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor) -> DenoiseStep:
         """Write x0 where accept (rows of the block at bs), then early stop; one host sync."""
         rows = self.x[0, bs:bs + accept.numel()]
@@ -731,33 +736,35 @@ class _BlockRun:
         length (llada_schedule(B, steps)), then per step: forward, sample every row, commit."""
         counts = llada_schedule(self.cfg.block, self.plan.steps_per_block)
         for k in counts:
-            masked = self.masked(bs, be)
-            if not bool(masked.any()):
+            m = self.masks_left(bs, be)
+            if m == 0:
                 return
+            masked = self.masked(bs, be)
             lg = self.block_logits(bs, be)
             x0, prob = sdar_propose(lg, self.cfg, self.mask, self.gen)
             conf = prob if self.cfg.alg != "random" else torch.rand(prob.shape, generator=self.gen,
                                                                     device=prob.device).to(prob.dtype)
             conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
-            yield self.commit(bs, sdar_select(conf, masked, k, self.cfg.threshold), x0, prob)
+            yield self.commit(bs, sdar_select(conf, masked, k, self.cfg.threshold, m), x0, prob)
 
     def sdc_block(self, bs: int, be: int) -> Iterator[DenoiseStep]:
         """Stable-DiffCoder generate_block, one block: a transfer schedule over the block's masks
         (llada_schedule(masks, steps_per_block)); steps whose count is 0 run no forward."""
-        counts = llada_schedule(int(self.masked(bs, be).sum()), self.plan.steps_per_block)
+        counts = llada_schedule(self.masks_left(bs, be), self.plan.steps_per_block)
         left = sum(1 for c in counts if c > 0)
         for k in counts:
-            masked = self.masked(bs, be)
-            if not bool(masked.any()):
+            m = self.masks_left(bs, be)
+            if m == 0:
                 return
             if k == 0:
                 continue
+            masked = self.masked(bs, be)
             lg = self.block_logits(bs, be)
             x0, score = sdc_propose(lg, self.cfg, self.mask, self.gen)
             conf = torch.where(masked, score, torch.full_like(score, -torch.inf))
-            need = -(-int(masked.sum()) // left)  # threshold mode: enough to finish within the steps left
+            need = -(-m // left)  # threshold mode: enough to finish within the steps left
             left -= 1
-            accept = sdc_select(conf, masked, k if self.cfg.threshold is None else need, self.cfg.threshold)
+            accept = sdc_select(conf, masked, k if self.cfg.threshold is None else need, self.cfg.threshold, m)
             prob = score if self.cfg.alg != "random" else torch.softmax(lg, -1).gather(-1, x0[:, None])[:, 0]
             yield self.commit(bs, accept, x0, prob)
 
@@ -767,10 +774,8 @@ class _BlockRun:
         sub = self.cfg.sub_block_length or self.cfg.block
         for ss in range(bs, be, sub):
             se = min(ss + sub, be)
-            while True:
+            while self.masks_left(ss, se):
                 masked = self.masked(ss, se)
-                if not bool(masked.any()):
-                    break
                 lg = self.block_logits(bs, be, rows=(ss, se))
                 x0, prob = v2_propose(lg, self.cfg, self.mask, self.gen)
                 conf = torch.where(masked, prob, torch.full_like(prob, -torch.inf))
