@@ -286,3 +286,27 @@ def test_reduced_depth():
     assert reduced(PUBLISHED_SHAPES["sdar-8b"], None) == PUBLISHED_SHAPES["sdar-8b"]
     with pytest.raises(UsageError, match="--layers"):
         reduced(PUBLISHED_SHAPES["sdar-8b"], 0)
+
+
+@pytest.mark.parametrize("layout, template", [("sdar", catalog.QWEN3_CHAT_TEMPLATE),
+                                              ("stable-diffcoder", catalog.SEED_CODER_CHAT_TEMPLATE),
+                                              ("fast-dllm-v2", catalog.CHATML_TEMPLATE)])
+def test_fallback_chat_templates(tmp_path, layout, template):
+    folder = MAKERS[layout](tmp_path)
+    shipped = catalog.inspect(folder).chat_template
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((folder / "tokenizer_config.json").read_text())
+    tc.pop("chat_template")
+    (folder / "tokenizer_config.json").write_text(json.dumps(tc))
+    assert shipped != template and catalog.inspect(folder).chat_template == template
+    model = load_model(folder)
+    text = model.tokenizer.apply_chat_template([{"role": "system", "content": "Be brief."},
+                                                {"role": "user", "content": "hi"}])
+    ids = model.tokenizer.encode(text)
+    if layout == "stable-diffcoder":  # the turn markers are the checkpoint's special tokens
+        assert text.startswith("<[begin\u2581of\u2581sentence]>system\nBe brief.\n\n<[end\u2581of\u2581sentence]>")
+        assert text.endswith("<[begin\u2581of\u2581sentence]>assistant\n")
+        assert ids.count(model.tokens.bos) == 3 and ids.count(model.tokens.eos) == 2
+    else:
+        assert text.endswith("<|im_start|>assistant\n")
+        assert ids.count(model.tokenizer.token_to_id("<|im_start|>")) == 3
