@@ -686,8 +686,8 @@ class _BlockRun:
 
     def commit(self, bs: int, accept: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor) -> DenoiseStep:
         """Write x0 where accept (rows of the block at bs), then early stop; one host sync."""
-        rows = self.x[0, bs:bs + accept.numel()]
-        rows[accept] = x0[accept]
+        n = accept.numel()
+        self.x[0, bs:bs + n] = torch.where(accept, x0, self.x[0, bs:bs + n])  # no boolean indexing: no sync
         flags, toks, ps = torch.stack([accept.double(), x0.double(), prob.double()]).tolist()
         revealed, probs = [], []
         for j, (f, t, p) in enumerate(zip(flags, toks, ps)):
@@ -714,8 +714,8 @@ class _BlockRun:
         loop = {"sdar": self.sdar_block, "stable-diffcoder": self.sdc_block, "fast-dllm-v2": self.v2_block}
         decode = loop[str(self.cfg.block_loop)]
         blocks = self.plan.blocks
-        if self.cfg.block_loop == "fast-dllm-v2" and self.P % self.cfg.block == 0:
-            step = self.next_token(self.P)  # a whole-block prompt: its next token, AR-style, starts block 1
+        if self.cfg.block_loop == "fast-dllm-v2" and self.plan.prefill == self.P:
+            step = self.next_token(self.P)  # whole blocks of prompt: their next token, AR-style, starts block 1
             yield step
             if step.done:
                 return

@@ -148,6 +148,10 @@ class DecoderModel(DiffusionModel):
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.tied:
-            return F.linear(x, self.model.embed_tokens.weight)
-        return self.lm_head(x)
+        w = self.model.embed_tokens.weight if self.spec.tied else self.lm_head.weight
+        if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:
+            # batch 1 on a CPU (the block loops score a few rows a step): (V, h) @ (h, t), then
+            # transposed back, is the same product and 1.4-2.8x faster there than F.linear for a
+            # 151936-row head with MKL (measured, docs/performance.md)
+            return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
+        return F.linear(x, w)
