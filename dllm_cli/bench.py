@@ -4,7 +4,10 @@ Knows: how to time generations honestly in one process (same prompts, same model
 first; each run through `generate.run` on the local backend, the path `dllm code` takes), what
 to report (tok/s, tokens committed per forward, forwards, per-forward ms next to the bandwidth
 floor, time to first frame, load time, peak memory, agreement of each setting with the
-reference output). Device measurements (bandwidth, peak memory, sync) are engine/device.py's.
+reference output, whether its tokens are identical), and which settings a model gets: the
+bidirectional families the official loop against dllm's fast mode; the block-diffusion families
+their own loop with full recompute against the exact block KV cache (identical tokens) and
+their recipe. Device measurements (bandwidth, peak memory, sync) are engine/device.py's.
 Must not: import torch at module level, print (format_report returns text; the CLI writes it),
 or invent a figure — every number in a BenchReport was measured in this run.
 """
@@ -18,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import generate
-from .config import SamplerConfig
+from .config import SamplerConfig, family_sampler
 from .errors import UsageError
 from .events import DenoiseStep, Request, SpecialTokens
 
@@ -48,6 +51,7 @@ class BenchRow:
     first_frame_s: float  # mean time from denoise() to the first step event
     peak_memory_bytes: int
     agreement: float | None  # share of equal tokens with the reference output (answers cut at eos)
+    identical: bool | None = None  # every prompt's tokens equal the reference's (None: the reference)
     tok_s: float = 0.0
     tokens_per_forward: float = 0.0
     forward_ms: float = 0.0
@@ -82,42 +86,52 @@ class BenchReport:
 
 def run_bench(model_path: str | None, *, shape: str | None = None, device: str | None = "cpu",
               dtype: str | None = "float32", gen_length: int = 128, prompts: list[str] | None = None,
-              ks: Sequence[int] = (), repeats: int = 1, compile: bool = False) -> BenchReport:
-    """Load a checkpoint (None: the embedded default) or random weights of a published `shape`,
-    and bench it."""
+              ks: Sequence[int] = (), repeats: int = 1, compile: bool = False, layers: int | None = None,
+              prompt_tokens: int = SYNTHETIC_PROMPT_TOKENS, n_prompts: int | None = None) -> BenchReport:
+    """Load a checkpoint (None: the embedded default) or random weights of a published `shape`
+    (with `layers` layers instead of its own: a reduced-depth shape), and bench it. `n_prompts`:
+    the first N tasks (or N synthetic prompts of `prompt_tokens` tokens for a shape)."""
     from .engine.device import pick_device, pick_dtype, sync
-    from .engine.loader import PUBLISHED_SHAPES, load_model, random_model
+    from .engine.loader import PUBLISHED_SHAPES, load_model, random_model, reduced
 
     if shape is not None and model_path is not None:
         raise UsageError("use either --model or --shape, not both")
     if shape is not None and shape not in PUBLISHED_SHAPES:
         raise UsageError(f"unknown --shape {shape!r}; choose one of {', '.join(PUBLISHED_SHAPES)}")
+    if layers is not None and shape is None:
+        raise UsageError("--layers reduces a --shape's depth; it does not apply to --model")
+    if prompt_tokens < 1 or (n_prompts is not None and n_prompts < 1):
+        raise UsageError("--prompt-tokens and --prompts must be at least 1")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     start = time.perf_counter()
     if shape is not None:
-        model = random_model(PUBLISHED_SHAPES[shape], device=dev, dtype=dt)
+        model = random_model(reduced(PUBLISHED_SHAPES[shape], layers), device=dev, dtype=dt)
     else:
         model = load_model(model_path, device=dev, dtype=dt)
     sync(dev)
     load_s = time.perf_counter() - start
-    label = f"random weights, {shape} shape" if shape else (model.checkpoint.name if model.checkpoint else "?")
+    label = (f"random weights, {shape} shape" + (f" with {layers} layers" if layers is not None else "")
+             if shape else (model.checkpoint.name if model.checkpoint else "?"))
     return bench_model(model, label=label, shape=shape, load_s=load_s,
-                       prompt_ids=prompt_token_ids(model, prompts), gen_length=gen_length, ks=ks,
-                       repeats=repeats, compile=compile)
+                       prompt_ids=prompt_token_ids(model, prompts, prompt_tokens, n_prompts), gen_length=gen_length,
+                       ks=ks, repeats=repeats, compile=compile)
 
 
-def prompt_token_ids(model: "Model", prompts: list[str] | None = None) -> list[list[int]]:
-    """The tasks rendered through the model's chat template and encoded; fixed random ids for a
-    model without a tokenizer (random weights of a published shape)."""
+def prompt_token_ids(model: "Model", prompts: list[str] | None = None,
+                     prompt_tokens: int = SYNTHETIC_PROMPT_TOKENS, n_prompts: int | None = None) -> list[list[int]]:
+    """The tasks rendered through the model's chat template and encoded; fixed random ids of
+    `prompt_tokens` tokens for a model without a tokenizer (random weights of a published shape)."""
     import random
 
-    tasks = list(prompts or BENCH_TASKS)
+    tasks = list(prompts or BENCH_TASKS)[:n_prompts]
+    if n_prompts is not None and len(tasks) < n_prompts and model.tokenizer is None:
+        tasks += [""] * (n_prompts - len(tasks))
     tok = model.tokenizer
     if tok is None:
         rng = random.Random(0)
         top = min(model.tokens.mask, 10_000)  # ordinary tokens in every published vocabulary
-        return [[rng.randrange(top) for _ in range(SYNTHETIC_PROMPT_TOKENS)] for _ in tasks]
+        return [[rng.randrange(top) for _ in range(prompt_tokens)] for _ in tasks]
     from .prompt import build_messages
 
     out = []
@@ -127,8 +141,12 @@ def prompt_token_ids(model: "Model", prompts: list[str] | None = None) -> list[l
     return out
 
 
-def bench_configs(gen_length: int, ks: Sequence[int] = ()) -> list[tuple[str, str, SamplerConfig, str]]:
-    """(name, description, config, cache_refresh) of every timed setting; the reference first."""
+def bench_configs(gen_length: int, ks: Sequence[int] = (),
+                  base: SamplerConfig | None = None) -> list[tuple[str, str, SamplerConfig, str]]:
+    """(name, description, config, cache_refresh) of every timed setting; the reference first.
+    `base` with a block_loop (a block-diffusion model's recipe): block_configs."""
+    if base is not None and base.block_loop is not None:
+        return block_configs(gen_length, ks, base)
     ref = SamplerConfig.reference(gen_length=gen_length, block_length=_block(gen_length))
     fast = SamplerConfig(gen_length=gen_length, block_length=_block(gen_length))
     rows = [("reference", "official loop: 1 token/step, full canvas, no cache", ref, "delayed"),
@@ -138,6 +156,27 @@ def bench_configs(gen_length: int, ks: Sequence[int] = ()) -> list[tuple[str, st
         steps = fast.num_blocks * math.ceil(fast.block / k)
         cfg = fast.with_(steps=steps, threshold=None, early_stop=False)
         rows.append((f"k={k}", f"{k} tokens/forward: {steps} steps, {fast.cache} cache", cfg, "delayed"))
+    return rows
+
+
+def block_configs(gen_length: int, ks: Sequence[int], base: SamplerConfig) -> list[tuple[str, str, SamplerConfig, str]]:
+    """A block-diffusion model's settings: its loop on the official fixed schedule (one token per
+    step, greedy, no early stop) with full recompute of everything before the block at every
+    step (the reference), the same with the exact block KV cache (identical tokens), and its
+    recipe (threshold, exact cache, early stop); k rows: ceil(B / k) steps per block."""
+    B = base.block
+    gen = max(gen_length // B, 1) * B
+    ref = base.with_(gen_length=gen, steps=None, threshold=None, temperature=0.0, cache="none", early_stop=False)
+    rows = [("reference", f"{base.block_loop} loop, 1 token/step, full recompute every step", ref, "delayed"),
+            ("exact-cache", "the same with the exact block KV cache (tokens must be identical)",
+             ref.with_(cache="exact"), "delayed"),
+            ("fast", f"recipe: threshold {base.threshold}, exact cache, early stop", base.with_(gen_length=gen),
+             "delayed")]
+    if base.block_loop != "fast-dllm-v2":  # v2's loop has no step budget: >= 1 token per forward
+        for k in ks:
+            steps = (gen // B) * math.ceil(B / k)
+            rows.append((f"k={k}", f"{math.ceil(B / k)} steps per {B}-token block, exact cache",
+                         ref.with_(steps=steps, cache="exact"), "delayed"))
     return rows
 
 
@@ -151,23 +190,31 @@ def bench_model(model: "Model", *, label: str, shape: str | None = None, load_s:
 
     if gen_length < 1 or repeats < 1 or any(k < 1 for k in ks):
         raise UsageError("--gen-length, repeats and --k must be at least 1")
+    from .engine.model import attention_block
+
     dev = torch.device(model.device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = measure_bandwidth(dev)
-    configs = bench_configs(gen_length, ks)
-    _timed(model, prompt_ids[0], configs[1][2], "delayed", compile)  # warm-up (not timed)
+    block = attention_block(model)
+    base = family_sampler(model.spec.family, block) if block is not None else None
+    configs = bench_configs(gen_length, ks, base)
+    warm = configs[1][2]
+    if base is not None:  # block diffusion: two blocks warm every path (a big shape's run takes minutes)
+        warm = warm.with_(gen_length=min(warm.gen_length, 2 * warm.block))
+    _timed(model, prompt_ids[0], warm, "delayed", compile)  # warm-up (not timed)
     runs = {name: _time_setting(model, prompt_ids, cfg, refresh, repeats, compile)
             for name, _, cfg, refresh in configs}
     ref = runs["reference"]
     rows = [_row(name, text, runs[name], None if name == "reference" else ref, model.tokens)
             for name, text, _, _ in configs]
+    gen_length = configs[0][2].gen_length
     return BenchReport(
         model=label, shape=shape, device=str(dev), dtype=str(model.dtype).replace("torch.", ""),
         gen_length=gen_length, prompts=len(prompt_ids),
         prompt_tokens=statistics.mean(len(p) for p in prompt_ids),
         n_params=sum(p.numel() for p in model.parameters()), weights_bytes=weights,
         bandwidth_gbs=bandwidth / 1e9, floor_ms=1e3 * weights / bandwidth, load_s=load_s,
-        repeats=repeats, rows=rows, notes=_notes(dev.type, shape), torch_version=torch.__version__)
+        repeats=repeats, rows=rows, notes=_notes(dev.type, shape, base), torch_version=torch.__version__)
 
 
 @dataclass
@@ -236,14 +283,16 @@ def _row(name: str, text: str, runs: _Runs, ref: _Runs | None, tokens: SpecialTo
     stops = tokens.stops
     n = len(runs.finals[0])
     total, secs = n * len(runs.finals), sum(runs.seconds)
-    agreement = None
+    agreement = identical = None
     if ref is not None:
         agreement = statistics.mean(_agreement(a, b, stops, tokens.eos) for a, b in zip(runs.finals, ref.finals))
+        identical = runs.finals == ref.finals
     return BenchRow(
         name=name, settings=text, tokens=total, decoded=runs.decoded,
         answer_tokens=sum(len(cut_at_stop(f, stops)) for f in runs.finals), forwards=runs.forwards,
         seconds=secs, first_frame_s=statistics.mean(runs.first), peak_memory_bytes=runs.peak,
-        agreement=agreement, tok_s=total / secs, tokens_per_forward=runs.decoded / max(runs.forwards, 1),
+        agreement=agreement, identical=identical, tok_s=total / secs,
+        tokens_per_forward=runs.decoded / max(runs.forwards, 1),
         forward_ms=1e3 * secs / max(runs.forwards, 1),
         speedup=None if ref is None else sum(ref.seconds) / secs)
 
@@ -264,9 +313,12 @@ def _block(gen_length: int) -> int | None:
     return default if default is not None and gen_length % default == 0 else None
 
 
-def _notes(device_type: str, shape: str | None) -> list[str]:
+def _notes(device_type: str, shape: str | None, base: SamplerConfig | None = None) -> list[str]:
     notes = ["seconds per prompt are the median of the repeats; sums over prompts",
              "agreement: share of equal tokens with the reference output, each cut at its first stop token"]
+    if base is not None:
+        notes.append(f"block diffusion ({base.block_loop}, blocks of {base.block}): attention is causal across "
+                     "blocks, so the exact cache must give the reference's tokens (identical: yes)")
     if shape:
         notes.append("random weights are never confident: threshold decoding commits ~1 token per forward; "
                      "the k rows measure the cost side exactly")
@@ -286,12 +338,13 @@ def format_report(report: BenchReport) -> str:
             f"{report.prompts} prompts of ~{report.prompt_tokens:.0f} tokens; gen_length {report.gen_length}; "
             f"repeats {report.repeats}", ""]
     cols = ("setting", "tok/s", "speed-up", "tok/fwd", "forwards", "ms/fwd", "x floor", "1st frame s",
-            "peak MB", "agreement")
+            "peak MB", "agreement", "identical")
     lines = [[r.name, f"{r.tok_s:.1f}", "1.00x" if r.speedup is None else f"{r.speedup:.2f}x",
               f"{r.tokens_per_forward:.2f}", str(r.forwards), f"{r.forward_ms:.2f}",
               f"{r.forward_ms / report.floor_ms:.1f}" if report.floor_ms > 0 else "-",
               f"{r.first_frame_s:.3f}", f"{r.peak_memory_bytes / 1e6:.0f}",
-              "-" if r.agreement is None else f"{100 * r.agreement:.1f}%"] for r in report.rows]
+              "-" if r.agreement is None else f"{100 * r.agreement:.1f}%",
+              "-" if r.identical is None else ("yes" if r.identical else "no")] for r in report.rows]
     widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
 
     def fmt(row: Sequence[str]) -> str:

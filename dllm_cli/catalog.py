@@ -2,11 +2,15 @@
 
 Knows: where the embedded default model lives (the one place "default" is resolved), config.json,
 which layout a config names (`model_type`, else `architectures`; never the folder name), the
-checkpoint family (for recipes), the context length, the tokenizer files (tokenizer_config.json,
-special_tokens_map.json, added_tokens.json, chat_template.jinja, the added tokens of
-tokenizer.json) and the chat template, including the fallback for checkpoints that ship none;
-the rows of `dllm models` (parameters and dtype from the safetensors headers, licence from the
-card). Must not: import torch, read tensor data, or run checkpoint-supplied code.
+checkpoint family (for recipes), the context length, the attention block of a block-diffusion
+checkpoint (`attention_block`) and its mask id when config.json lacks one (the published ids:
+SDAR 151669, Fast-dLLM v2 151665, Stable-DiffCoder 5, found by name in the tokenizer files
+first), the tokenizer files (tokenizer_config.json, special_tokens_map.json, added_tokens.json,
+chat_template.jinja, the added tokens of tokenizer.json) and the chat template, including the
+fallback for checkpoints that ship none; the rows of `dllm models` (parameters and dtype from
+the safetensors headers, licence from the card). Must not: import torch, read tensor data, or
+run checkpoint-supplied code (an `auto_map` entry is read as text, for its class name, never
+imported).
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ FALLBACK_CONTEXT = 4096
 LAYOUT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dream": (("dream", "qwen2"), ("DreamModel", "Qwen2ForCausalLM", "Qwen2Model")),
     "llada": (("llada",), ("LLaDAModelLM",)),
+    "sdar": (("sdar",), ("SDARForCausalLM",)),
+    "stable-diffcoder": (("llama",), ("StableDiffcoderForCausalLM", "SeedDiffcoderForCausalLM")),
+    "fast-dllm-v2": (("fast_dllm_qwen",), ("Fast_dLLM_QwenForCausalLM",)),
+}
+# model_types that autoregressive checkpoints use too: the class name (architectures or an
+# auto_map entry) must also name the diffusion model, or the folder is refused.
+SHARED_MODEL_TYPES = frozenset({"llama"})
+# Block-diffusion layouts: (config.json key of the block length, the published block length).
+BLOCK_KEYS: dict[str, tuple[str, int]] = {
+    "sdar": ("block_size", 4), "stable-diffcoder": ("block_size", 4), "fast-dllm-v2": ("bd_size", 32),
+}
+# Their mask tokens: (names in the tokenizer files, the published id) for a config.json without
+# mask_token_id (docs/models.md has the sources; SDAR's files name it both ways).
+BLOCK_MASKS: dict[str, tuple[tuple[str, ...], int]] = {
+    "sdar": (("<|MASK|>", "<MASK>"), 151669),
+    "stable-diffcoder": (("<[MASK_TOKEN]>",), 5),
+    "fast-dllm-v2": (("|<MASK>|",), 151665),
 }
 
 CHATML_TEMPLATE = (
@@ -36,6 +57,21 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# SDAR (Qwen3's ChatML, no default system prompt) for a checkpoint that ships no template.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# Seed-Coder-Instruct's format (Stable-DiffCoder builds on it): <[begin▁of▁sentence]>role\ncontent
+# <[end▁of▁sentence]>, the system turn's content followed by a blank line.
+SEED_CODER_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<[begin\u2581of\u2581sentence]>' + message['role'] + '\\n' + message['content'] }}"
+    "{% if message['role'] == 'system' %}{{ '\\n\\n' }}{% endif %}"
+    "{{ '<[end\u2581of\u2581sentence]>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<[begin\u2581of\u2581sentence]>assistant\\n' }}{% endif %}"
 )
 LLADA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
@@ -54,9 +90,10 @@ class Checkpoint:
 
     folder: Path
     name: str
-    config: Mapping[str, Any]
+    config: Mapping[str, Any]  # config.json; a block family's published mask_token_id added if it has none
     layout: str | None  # None: a model_type dllm does not run
-    family: str  # recipe family: "dream" | "dream-coder" | "diffucoder" | "dreamon" | "open-dcoder" | "llada" | "dllm"
+    family: str  # recipe family: "dream" | "dream-coder" | "diffucoder" | "dreamon" | "open-dcoder" | "llada"
+    #              | "sdar" | "stable-diffcoder" | "fast-dllm-v2" | "dllm"
     context_length: int
     tokenizer_config: Mapping[str, Any]  # tokenizer_config.json, special_tokens_map.json merged under it
     added_tokens: Mapping[int, tuple[str, bool]]  # id -> (content, special) from the config files
@@ -70,6 +107,11 @@ class Checkpoint:
 
     def has_token(self, text: str) -> bool:
         return text in self.token_names
+
+    @property
+    def attention_block(self) -> int | None:
+        """The block length a block-diffusion checkpoint attends in (None: bidirectional)."""
+        return attention_block(self.config, self.layout)
 
 
 # ---- where ----------------------------------------------------------------------------------
@@ -124,7 +166,9 @@ def inspect(path: str | os.PathLike[str] | None) -> Checkpoint:
     layout = layout_of(config)
     tok_config = _tokenizer_config(folder)
     added = _added_tokens(folder, tok_config)
-    names = frozenset(content for content, _ in added.values()) | _tokenizer_json_added(folder)
+    json_added = _tokenizer_json_added(folder)
+    names = frozenset(content for content, _ in added.values()) | frozenset(json_added)
+    config = with_block_mask_id(config, layout, {**json_added, **{c: i for i, (c, _) in added.items()}})
     template = _chat_template(folder, tok_config)
     if template is None:
         template = fallback_template(layout, names)
@@ -149,15 +193,57 @@ def layout_of(config: Mapping[str, Any]) -> str | None:
     """The layout config.json names: from model_type, else architectures; None if unknown.
 
     A model_type that is present but unknown is not second-guessed from architectures:
-    e.g. block-causal Qwen2 variants share Qwen2 architectures but not its attention."""
+    e.g. block-causal Qwen2 variants share Qwen2 architectures but not its attention. A
+    model_type that autoregressive models share ("llama") needs the diffusion class by name too
+    (architectures, or an auto_map entry's class name: Stable-DiffCoder's older revision)."""
     model_type = str(config.get("model_type") or "").lower()
+    classes = class_names(config)
     if model_type:
-        return next((name for name, (types, _) in LAYOUT_TYPES.items() if model_type in types), None)
-    archs = config.get("architectures") or []
+        for name, (types, architectures) in LAYOUT_TYPES.items():
+            if model_type in types and (model_type not in SHARED_MODEL_TYPES
+                                        or any(c in architectures for c in classes)):
+                return name
+        return None
     for name, (_, architectures) in LAYOUT_TYPES.items():
-        if any(a in architectures for a in archs if isinstance(a, str)):
+        if any(c in architectures for c in classes):
             return name
     return None
+
+
+def class_names(config: Mapping[str, Any]) -> list[str]:
+    """`architectures`, then the class names `auto_map` points at ("modeling_x.Cls" -> "Cls")."""
+    names = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict):
+        for value in auto_map.values():
+            for ref in (value if isinstance(value, list) else [value]):
+                if isinstance(ref, str):
+                    names.append(ref.rsplit(".", 1)[-1])
+    return names
+
+
+def attention_block(config: Mapping[str, Any], layout: str | None) -> int | None:
+    """The block length of a block-diffusion layout's attention (config.json's `block_size` /
+    `bd_size` when it is a positive int, else the published one); None for bidirectional layouts."""
+    if layout not in BLOCK_KEYS:
+        return None
+    key, published = BLOCK_KEYS[layout]
+    value = config.get(key)
+    if value is None:
+        return published
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CheckpointError(f"config.json: {key!r} {value!r} is not a positive integer; fix config.json")
+    return value
+
+
+def with_block_mask_id(config: dict[str, Any], layout: str | None, token_ids: Mapping[str, int]) -> dict[str, Any]:
+    """`config` with mask_token_id for a block-diffusion layout whose config.json has none: the
+    id of the family's mask token in the tokenizer files, else its published id."""
+    if layout not in BLOCK_MASKS or config.get("mask_token_id") is not None:
+        return config
+    names, published = BLOCK_MASKS[layout]
+    found = next((token_ids[n] for n in names if n in token_ids), published)
+    return {**config, "mask_token_id": found}
 
 
 def supported_model_types() -> list[str]:
@@ -170,8 +256,8 @@ def family_of(config: Mapping[str, Any], layout: str | None, token_names: frozen
     named = config.get("dllm_family")
     if isinstance(named, str) and named:
         return named
-    if layout == "llada":
-        return "llada"
+    if layout in ("llada", "sdar", "stable-diffcoder", "fast-dllm-v2"):
+        return layout  # TraDo / DiRL share SDAR's architecture and recipe
     if layout == "dream":
         if str(config.get("model_type", "")).lower() == "qwen2":
             return "open-dcoder"
@@ -194,9 +280,15 @@ def context_length(config: Mapping[str, Any]) -> int:
 
 def fallback_template(layout: str | None, token_names: frozenset[str]) -> str | None:
     """The chat template for a checkpoint that ships none: LLaDA's format for the LLaDA layout,
-    ChatML when the vocabulary has <|im_start|>, else None (raw prompts only)."""
+    Seed-Coder's for Stable-DiffCoder, Qwen3's ChatML (no system prompt) for SDAR, ChatML with
+    the default system prompt when the vocabulary has <|im_start|> (Dream, Fast-dLLM v2), else
+    None (raw prompts only)."""
     if layout == "llada":
         return LLADA_CHAT_TEMPLATE
+    if layout == "stable-diffcoder":
+        return SEED_CODER_CHAT_TEMPLATE
+    if layout == "sdar" and "<|im_start|>" in token_names:
+        return QWEN3_CHAT_TEMPLATE
     if "<|im_start|>" in token_names:
         return CHATML_TEMPLATE
     return None
@@ -233,24 +325,25 @@ def _added_tokens(folder: Path, tok_config: Mapping[str, Any]) -> dict[int, tupl
     return added
 
 
-def _tokenizer_json_added(folder: Path) -> frozenset[str]:
-    """The contents of tokenizer.json's "added_tokens" list, read from the head of the file
+def _tokenizer_json_added(folder: Path) -> dict[str, int]:
+    """{content: id} of tokenizer.json's "added_tokens" list, read from the head of the file
     (the list precedes the vocabulary); empty when absent or unreadable (the loader reports it)."""
     path = folder / "tokenizer.json"
     try:
         with path.open("rb") as fh:
             head = fh.read(_ADDED_TOKENS_SCAN).decode("utf-8", errors="ignore")
     except OSError:
-        return frozenset()
+        return {}
     at = head.find('"added_tokens"')
     start = head.find("[", at) if at >= 0 else -1
     if start < 0:
-        return frozenset()
+        return {}
     try:
         entries, _ = json.JSONDecoder().raw_decode(head, start)
     except ValueError:
-        return frozenset()
-    return frozenset(e["content"] for e in entries if isinstance(e, dict) and isinstance(e.get("content"), str))
+        return {}
+    return {e["content"]: e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("content"), str)
+            and isinstance(e.get("id"), int)}
 
 
 def _chat_template(folder: Path, tok_config: Mapping[str, Any]) -> str | None:

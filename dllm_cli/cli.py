@@ -135,8 +135,10 @@ def code(
     ui = Ui.detect(json_out=json_out, no_live=no_live)
     recover_tree(ui)
     settings = Settings.load()
-    cfg = SamplerConfig.from_options(gen_length=gen_length, steps=steps, block_length=block_length,
-                                     temperature=temperature, threshold=threshold, seed=seed, alg=alg)
+    options: dict[str, Any] = dict(gen_length=gen_length, steps=steps, block_length=block_length,
+                                   temperature=temperature, threshold=threshold, seed=seed,
+                                   alg=alg)  # applied over the checkpoint family's recipe (pipeline)
+    cfg = SamplerConfig.from_options(**options)
     if endpoint and no_server:
         raise UsageError("--endpoint and --no-server contradict each other; drop one")
     task, stdin_text, notes = read_task(prompt)
@@ -149,7 +151,7 @@ def code(
                          dtype=settings.dtype_choice(dtype), cfg=cfg, infill=infill,
                          show_context=show_context, review=review, endpoint=remote,
                          api_key_env=api_key_env or settings.api_key_env, no_server=no_server,
-                         timeout=settings.timeout_choice(), home=settings.home), ui)
+                         timeout=settings.timeout_choice(), home=settings.home, sampler_options=options), ui)
 
 
 def read_task(prompt: str) -> tuple[str, str | None, list[str]]:
@@ -274,8 +276,14 @@ def models(
 def bench(
     model: ModelOpt = None,
     shape: Annotated[Optional[str], typer.Option(help="Random weights of a published shape on the "
-                     "device instead of a checkpoint: dream-7b, llada-8b, open-dcoder-0.5b.",
-                     show_default=False)] = None,
+                     "device instead of a checkpoint: dream-7b, llada-8b, open-dcoder-0.5b, sdar-8b, sdar-1.7b, "
+                     "stable-diffcoder-8b, fast-dllm-v2-7b.", show_default=False)] = None,
+    layers: Annotated[Optional[int], typer.Option(help="With --shape: this many layers instead of the "
+                      "published depth (widths and vocabulary unchanged), e.g. to fit a CPU.",
+                      show_default=False)] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="With --shape: tokens in each random prompt.")] = 64,
+    prompts: Annotated[Optional[int], typer.Option("--prompts", help="How many prompts to time (the first N "
+                       "coding tasks; with --shape, N random prompts).", show_default="4")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     gen_length: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
@@ -283,7 +291,8 @@ def bench(
                  "per forward (repeatable: --k 1 --k 2).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
-    """Time the reference loop against the default fast mode in one process; report the ratios."""
+    """Time the reference loop against the default fast mode in one process; report the ratios
+    (block-diffusion models: full recompute against the exact block KV cache and their recipe)."""
     from .bench import format_report, run_bench
 
     ui = Ui.detect(json_out=json_out)
@@ -292,7 +301,8 @@ def bench(
         raise UsageError("use either --model or --shape, not both")
     model_path = None if shape else settings.model_choice(model)[0]
     report = run_bench(model_path, shape=shape, device=settings.device_choice(device),
-                       dtype=settings.dtype_choice(dtype), gen_length=gen_length, ks=tuple(k or ()))
+                       dtype=settings.dtype_choice(dtype), gen_length=gen_length, ks=tuple(k or ()),
+                       layers=layers, prompt_tokens=prompt_tokens, n_prompts=prompts)
     if json_out:
         ui.write_json(report.as_dict())
     else:

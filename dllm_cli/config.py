@@ -2,8 +2,9 @@
 
 Knows: option values and their validation, how command-line options turn into a SamplerConfig
 (`SamplerConfig.from_options`, usable from Python too), the recipes of the published checkpoints
-(docs/models.md). Must not: import torch, or know where files live (settings.py) or what a
-checkpoint is (catalog.py).
+(docs/models.md) and which one a checkpoint family gets by default (`family_sampler`: the
+block-diffusion families their own loop, every other family dllm's fast mode). Must not: import
+torch, or know where files live (settings.py) or what a checkpoint is (catalog.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from .errors import UsageError
 LLADA_ALGS = ("low_confidence", "random")
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 REMASK_ALGS = ("p2",)  # Open-dCoder's path planning: decoded tokens can be masked again
-CACHE_MODES = ("none", "prefix", "dual")
+CACHE_MODES = ("none", "prefix", "dual", "exact")
 DEFAULT_BLOCK = 32  # Fast-dLLM's best trade-off
+# The published block-diffusion loops (block-causal models): SDAR's block_diffusion_generate,
+# Stable-DiffCoder's generate_block, Fast-dLLM v2's block + sub-block generate.
+BLOCK_LOOPS = ("sdar", "stable-diffcoder", "fast-dllm-v2")
+BLOCK_CACHES = ("none", "exact")  # full recompute, or the exact block KV cache: the same tokens
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,12 @@ class SamplerConfig:
     `threshold` switches to Fast-dLLM confidence-threshold decoding inside blocks (`steps` is then
     an upper bound). The defaults are dllm's fast mode: threshold 0.9 inside 32-token blocks with
     the block KV cache.
+
+    `block_loop` (block-causal models only) runs a published block-diffusion loop instead, with
+    `block_length` = the checkpoint's attention block, `steps` // (gen_length / block_length)
+    steps per block, `threshold` as that loop defines it, `cache` "exact" (the exact block KV
+    cache) or "none" (full recompute; identical tokens) and, for fast-dllm-v2,
+    `sub_block_length` (its small_block_size). docs/sampling.md has each loop's rules.
     """
 
     gen_length: int = 128
@@ -50,6 +61,8 @@ class SamplerConfig:
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     early_stop: bool = True  # stop once eos fills the rest of the canvas
+    block_loop: str | None = None  # one of BLOCK_LOOPS (block-causal models); None: the loops above
+    sub_block_length: int | None = None  # fast-dllm-v2: sub-blocks decoded in order inside a block
 
     def __post_init__(self) -> None:
         _check(self.gen_length >= 1, "--gen-length must be at least 1")
@@ -75,10 +88,39 @@ class SamplerConfig:
             _check(self.threshold is None and self.factor is None and self.block_length is None,
                    f"--alg {self.alg} revises the whole canvas on a fixed schedule: it has no blocks and "
                    "no threshold; use --block-length 0 --threshold 0 (block_length=None, threshold=None)")
+        if self.block_loop is not None:
+            self._check_block_loop()
+        else:
+            _check(self.cache != "exact", "cache 'exact' is the block-diffusion loops' cache (set block_loop)")
+            _check(self.sub_block_length is None, "sub_block_length is Fast-dLLM v2's (block_loop 'fast-dllm-v2')")
         if self.parallel is None and self.alg in LLADA_ALGS:
             blocks = self.num_blocks
             _check(self.total_steps % blocks == 0,
                    f"--steps {self.total_steps} must be a multiple of the number of blocks ({blocks})")
+
+    def _check_block_loop(self) -> None:
+        loop = self.block_loop
+        _check(loop in BLOCK_LOOPS, f"unknown block loop {loop!r}; choose one of {', '.join(BLOCK_LOOPS)}")
+        algs = ("low_confidence",) if loop == "fast-dllm-v2" else LLADA_ALGS
+        _check(self.alg in algs, f"--alg {self.alg} is not a {loop} remasking rule; use {' or '.join(algs)}")
+        _check(self.block_length is not None, f"the {loop} loop decodes in blocks: set --block-length")
+        _check(self.cache in BLOCK_CACHES, f"the {loop} loop's cache is 'exact' (or 'none': full recompute), "
+               f"not {self.cache!r}")
+        _check(self.factor is None and self.cfg_scale == 0 and not self.alg_temp,
+               f"--factor, --cfg-scale and alg_temp are not part of the {loop} loop")
+        _check(not (self.logits_eos_inf or self.confidence_eos_eot_inf),
+               f"logits_eos_inf / confidence_eos_eot_inf are LLaDA's options, not the {loop} loop's")
+        _check(self.total_steps >= self.num_blocks,
+               f"--steps {self.total_steps} gives a block no step ({self.num_blocks} blocks)")
+        if loop == "stable-diffcoder":
+            _check(self.top_p is None and self.top_k is None, "the stable-diffcoder loop has no top_p / top_k")
+        if loop == "fast-dllm-v2":
+            _check(self.top_k is None, "the fast-dllm-v2 loop has no top_k")
+            sub = self.sub_block_length
+            _check(sub is None or (sub >= 1 and self.block % sub == 0),
+                   f"sub_block_length {sub} must divide --block-length {self.block_length}")
+        else:
+            _check(self.sub_block_length is None, "sub_block_length is Fast-dLLM v2's (block_loop 'fast-dllm-v2')")
 
     @property
     def parallel(self) -> str | None:
@@ -113,15 +155,20 @@ class SamplerConfig:
         """`base` (default: SamplerConfig(), dllm's fast mode) with the command-line options given
         (None: not given). The CLI's rules: 0 turns --block-length / --threshold off; a
         --gen-length without --block-length gets a block that divides it (fitting_block);
-        --alg p2 (the whole canvas, no blocks, threshold or cache) turns both off unless given."""
+        --alg p2 (the whole canvas, no blocks, threshold or cache) turns both off unless given.
+        A block-diffusion base (`block_loop`) keeps its block length: it is the checkpoint's."""
         changes: dict[str, Any] = {k: v for k, v in dict(gen_length=gen_length, steps=steps,
                                                          temperature=temperature, seed=seed,
                                                          alg=alg).items() if v is not None}
+        block_loop = base.block_loop if base is not None else None
+        if block_loop is not None and alg is not None and alg not in LLADA_ALGS:
+            raise UsageError(f"--alg {alg}: this checkpoint decodes with the {block_loop} block-diffusion loop; "
+                             "use --alg low_confidence or random")
         if alg in REMASK_ALGS:
             changes.update(block_length=None, threshold=None, cache="none")
         if block_length is not None:
             changes["block_length"] = block_length or None
-        elif gen_length is not None and alg not in REMASK_ALGS:
+        elif gen_length is not None and alg not in REMASK_ALGS and block_loop is None:
             changes["block_length"] = fitting_block(gen_length)
         if threshold is not None:
             changes["threshold"] = threshold or None
@@ -196,9 +243,45 @@ RECIPES: dict[str, Recipe] = {
                              temperature=0.8, top_p=0.95, threshold=None, cache="none",
                              early_stop=False),
                ("<|endoftext|>",)),
+        # Block diffusion (block-causal attention, exact block KV cache; docs/models.md).
+        Recipe("sdar-chat", "sdar", "own-template",
+               SamplerConfig(gen_length=512, block_length=4, block_loop="sdar", alg="low_confidence",
+                             threshold=0.9, cache="exact", early_stop=True),
+               ("<|im_end|>", "<|endoftext|>"),
+               "SDAR / TraDo / DiRL: greedy, 4 steps per 4-token block, low_confidence_dynamic at 0.9"),
+        Recipe("stable-diffcoder-8b-instruct", "stable-diffcoder", "own-template",
+               SamplerConfig(gen_length=512, block_length=4, block_loop="stable-diffcoder",
+                             alg="low_confidence", threshold=None, cache="exact", early_stop=True),
+               ("<[end\u2581of\u2581sentence]>",),
+               "the README's call: steps = gen_length (4 per 4-token block), greedy, no threshold, eos stop"),
+        Recipe("fast-dllm-v2", "fast-dllm-v2", "own-template",
+               SamplerConfig(gen_length=512, block_length=32, sub_block_length=8, block_loop="fast-dllm-v2",
+                             alg="low_confidence", threshold=0.9, top_p=0.95, cache="exact", early_stop=True),
+               ("<|im_end|>",),
+               "the chatbot's settings: 32-token blocks, 8-token sub-blocks, threshold 0.9, greedy"),
         Recipe("fast", "any", "model", SamplerConfig()),
     )
 }
+
+# The recipe `dllm code` starts from for a checkpoint family (options given on the command line
+# are applied over it). Block-diffusion checkpoints run their own loop; the 2025 families run
+# dllm's fast mode (their official recipes above are opt-in: slow but faithful).
+FAMILY_RECIPES = {"sdar": "sdar-chat", "stable-diffcoder": "stable-diffcoder-8b-instruct",
+                  "fast-dllm-v2": "fast-dllm-v2"}
+
+
+def family_sampler(family: str, block_length: int | None = None) -> SamplerConfig:
+    """The default SamplerConfig for a checkpoint family: its recipe's (block-diffusion families,
+    with `block_length` = the block the checkpoint attends in), else dllm's fast mode."""
+    name = FAMILY_RECIPES.get(family)
+    if name is None:
+        return SamplerConfig()
+    cfg = RECIPES[name].sampler
+    if block_length is not None and block_length != cfg.block_length:
+        gen = max(cfg.gen_length // block_length, 1) * block_length
+        sub = cfg.sub_block_length if cfg.sub_block_length and block_length % cfg.sub_block_length == 0 else None
+        cfg = cfg.with_(block_length=block_length, gen_length=gen, sub_block_length=sub)
+    return cfg
 
 
 def recipe(name: str) -> Recipe:

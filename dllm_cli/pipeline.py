@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from . import catalog, generate, infill
 from .backend import Backend, open_local
 from .catalog import Checkpoint
-from .config import SamplerConfig
+from .config import SamplerConfig, family_sampler
 from .context import Tree, gather, named_files, source_files
 from .edits import Edit
 from .errors import DllmError, PatchError, UsageError
@@ -58,6 +58,9 @@ class CodeOptions:
     no_server: bool = False  # never use a running `dllm serve`: load the model here
     timeout: float = 120.0  # seconds an endpoint may stay silent
     home: Path | None = None  # the dllm home whose discovery files name running servers; None: none
+    # The command-line sampler options (SamplerConfig.from_options keywords): when given, `cfg` is
+    # rebuilt from them over the checkpoint family's default (family_defaults); None: `cfg` as is.
+    sampler_options: dict[str, Any] | None = None
 
 
 def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | None = None) -> None:
@@ -69,6 +72,7 @@ def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | 
         opts = replace(opts, review=replace(opts.review, model_name=backend.name))
     else:
         ckpt = catalog.inspect(opts.model)
+    opts = family_defaults(opts, ckpt)
     tokenizer = Tokenizer.from_checkpoint(ckpt)
     tree = Tree.open(cwd or Path.cwd())
     regions = infill_plan(opts, tree)
@@ -127,6 +131,22 @@ def warm(ui: Ui, ckpt: Checkpoint, opts: CodeOptions) -> Backend | None:
     ui.say(f"dllm: using the warm server at {entry.url} (pid {entry.pid}); --no-server loads the model here",
            style="dim")
     return backend
+
+
+def family_defaults(opts: CodeOptions, ckpt: Checkpoint) -> CodeOptions:
+    """What the checkpoint's family changes: the sampler starts from its recipe
+    (config.family_sampler: block-diffusion families their own loop and block, the others
+    dllm's fast mode) with the command-line options over it; a block-diffusion checkpoint is
+    asked in chat mode (its attention is causal across blocks: it cannot see a suffix)."""
+    cfg, infill = opts.cfg, opts.infill
+    if opts.sampler_options is not None:
+        cfg = SamplerConfig.from_options(family_sampler(ckpt.family, ckpt.attention_block), **opts.sampler_options)
+    if ckpt.attention_block is not None:
+        if infill:
+            raise UsageError(f"--infill: {ckpt.name} is a block-diffusion model (attention causal across blocks), "
+                             "which cannot fill a region between code before and after it; drop --infill")
+        infill = False
+    return replace(opts, cfg=cfg, infill=infill)
 
 
 def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str) -> Backend:

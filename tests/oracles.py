@@ -12,15 +12,37 @@ final tensor returned. Deliberately literal and slow; differences from the origi
 `MockModel` is a tiny bidirectional transformer with random weights that implements the model
 contract (`engine.model.Denoiser`, docs/architecture.md), the KV cache included (`new_cache`, `window=(s, e)`), aligned
 or Dream-style shifted, so the sampler can be tested without a checkpoint.
+
+`reference(folder, layout)` builds transformers' reference class of a block-diffusion layout
+(Qwen3 / Llama / Qwen2) on a tiny checkpoint's weights; `raw_logits` runs it under the block mask.
+
+The block-diffusion loops (docs/sampling.md): `sdar_generate` (JetAstra/SDAR generate.py
+`block_diffusion_generate`), `sdc_generate_block` (Stable-DiffCoder's `generate_block`) and
+`fast_dllm_v2_generate` (Fast-dLLM v2's HF `generate`), each as the official code runs it: raw
+(unshifted) logits from a model called the Hugging Face way (a chunk of ids, the loop's own
+attention mask and position ids, a past-key-values cache to store into or not, `crop`). Here that
+model is `HFStyleLM`: it keeps the cached *ids* and recomputes every forward from them on the
+network's full block-causal pass (no dllm KV cache involved), and it checks that the mask each
+loop builds (tril over blocks, repeat-interleaved) is exactly the pattern dllm's model applies.
+Differences from the originals, each a flag or a documented necessity:
+- `generator` instead of the global RNG; at temperature 0 SDAR's loop takes the argmax with
+  p = softmax[argmax] (the official file divides by zero: it has no greedy path);
+- `clamp_topk=True` (SDAR) clamps its top-k to the masks left (the official one does not, and
+  overwrites prompt tokens when k exceeds them); `prefill_equal=True` (Fast-dLLM v2) prefills a
+  prompt of exactly one block (the official `P > block_size` drops it from the context);
+- stop ids are parameters.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from dllm_cli.events import SpecialTokens
 
@@ -288,6 +310,466 @@ def dreamon_generate(model, input_ids, max_new_tokens, alg="entropy", temperatur
             if x.shape[1] > max_length:
                 x = x[:, :max_length]
     return x[0, prefix_len:prefix_len + num_generation_tokens].tolist()
+
+
+# ---- block diffusion: an HF-style model over recomputed ids ---------------------------------------
+
+class IdsCache:
+    """A DynamicCache stand-in: the ids whose K/V an HF cache would hold (`crop` as HF's)."""
+
+    def __init__(self):
+        self.ids = torch.zeros(1, 0, dtype=torch.long)
+
+    def get_seq_length(self):
+        return self.ids.shape[1]
+
+    def crop(self, n):
+        self.ids = self.ids[:, :n]
+
+
+class HFStyleLM:
+    """`lm(chunk, attention_mask, position_ids, past_key_values, store)` -> raw logits (1, t, V) of
+    the chunk, computed by running `raw(ids)` (raw logits of a full block-causal pass) on the
+    cached ids + the chunk; with store=True the chunk joins the cache. `attention_mask` is the
+    official loop's slice, read as an HF model reads it (bool: True = attend; float: additive,
+    finite = attend: Stable-DiffCoder's is 1.0 / -inf), shape (..., t, T); it must allow exactly
+    what the network's block-causal pattern allows (`pattern(q_start, q_end, k_end, block)`)."""
+
+    def __init__(self, raw, block, pattern):
+        self.raw, self.block, self.pattern = raw, block, pattern
+        self.masks_checked = 0
+
+    def __call__(self, chunk, attention_mask=None, position_ids=None, past_key_values=None, store=True):
+        past = past_key_values.ids if past_key_values is not None else chunk[:, :0]
+        n, T = past.shape[1], past.shape[1] + chunk.shape[1]
+        if position_ids is not None:
+            assert position_ids.reshape(-1).tolist() == list(range(n, T))
+        if attention_mask is not None:
+            m = attention_mask.reshape(attention_mask.shape[-2:])
+            allowed = m > torch.finfo(m.dtype).min / 2 if m.dtype.is_floating_point else m.bool()
+            want = self.pattern(n, T, T, self.block)
+            want = torch.ones(T - n, T, dtype=torch.bool) if want is None else want.reshape(T - n, T)
+            assert torch.equal(allowed, want), "the loop's mask differs from the model's block-causal pattern"
+            self.masks_checked += 1
+        full = torch.cat([past, chunk], dim=1)
+        if store and past_key_values is not None:
+            past_key_values.ids = full
+        return self.raw(full)[:, n:]
+
+
+class NoMaskModel:
+    """A dllm model seen as a trained one: its logits never favour the mask token (column -1e4),
+    optionally with `eos_bias` added to the eos logit of canvas positions >= `eos_from` (so answers
+    end). `logits` is the Denoiser the sampler runs; `raw(ids)` the same network's raw (unshifted)
+    full block-causal pass for HFStyleLM, with the same edits; `hf()` that HFStyleLM."""
+
+    def __init__(self, model, eos_bias=0.0, eos_from=0):
+        self.model, self.tokens, self.device = model, model.tokens, model.device
+        self.attention_block = model.attention_block
+        self.eos_bias, self.eos_from = eos_bias, eos_from
+        self.shift = model.spec.shifted
+
+    def new_cache(self):
+        return self.model.new_cache()
+
+    def _edit(self, out, first):
+        out[..., self.tokens.mask] = -1e4
+        pos = torch.arange(first, first + out.shape[1])
+        out[:, pos >= self.eos_from, self.tokens.eos] += self.eos_bias
+        return out
+
+    def logits(self, ids, attention_mask=None, cache=None, window=None, rows=None):
+        out = self.model.logits(ids, attention_mask, cache, window, rows)
+        return self._edit(out, rows[0] if rows else (0 if window is None else window[0]))
+
+    @torch.no_grad()
+    def raw(self, ids):
+        net = self.model.net
+        out = net.head(net.hidden(ids))  # raw: position i scores token i + 1 when shifted
+        return self._edit(out, 1 if self.shift else 0)
+
+    def hf(self, raw=None):
+        from dllm_cli.engine.layouts.common import block_causal_mask
+        return HFStyleLM(raw or self.raw, self.attention_block, block_causal_mask)
+
+
+# ---- transformers references for the block-diffusion layouts ---------------------------------------
+# (the test extra installs transformers; dllm never imports it): Qwen3ForCausalLM for SDAR,
+# LlamaForCausalLM for Stable-DiffCoder, Qwen2ForCausalLM for Fast-dLLM v2, built from a tiny
+# checkpoint's config.json, loaded strictly with its safetensors under the same names, and run
+# with a 4-D block-causal mask.
+
+CLASSES = {"sdar": ("Qwen3Config", "Qwen3ForCausalLM"), "stable-diffcoder": ("LlamaConfig", "LlamaForCausalLM"),
+           "fast-dllm-v2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
+
+def state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    sd: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def reference(folder: Path, layout: str):
+    """The transformers model of `layout` with the checkpoint's weights (eval, fp32, SDPA)."""
+    import transformers
+
+    c = json.loads((Path(folder) / "config.json").read_text())
+    config_cls, model_cls = (getattr(transformers, n) for n in CLASSES[layout])
+    kwargs = dict(vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+                  num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+                  num_key_value_heads=c["num_key_value_heads"], rms_norm_eps=c["rms_norm_eps"],
+                  rope_theta=c["rope_theta"], tie_word_embeddings=c["tie_word_embeddings"],
+                  max_position_embeddings=c["max_position_embeddings"], attn_implementation="sdpa")
+    if c.get("head_dim"):
+        kwargs["head_dim"] = c["head_dim"]
+    if layout == "stable-diffcoder":
+        kwargs.update(attention_bias=False, mlp_bias=False)
+    model = model_cls(config_cls(**kwargs)).eval()
+    model.load_state_dict(state_dict(folder), strict=not c["tie_word_embeddings"])
+    if c["tie_word_embeddings"]:
+        model.tie_weights()
+    return model
+
+
+def block_bias(T: int, block: int, causal_within: bool = False) -> torch.Tensor:
+    """(1, 1, T, T) additive fp32 mask: 0 where query i may see key j (j // block <= i // block),
+    the dtype minimum elsewhere; causal_within=True also hides later keys of the same block."""
+    i = torch.arange(T)
+    allow = (i[None, :] // block) <= (i[:, None] // block)
+    if causal_within:
+        allow &= i[None, :] <= i[:, None]
+    bias = torch.zeros(1, 1, T, T)
+    return bias.masked_fill(~allow, torch.finfo(torch.float32).min)
+
+
+@torch.no_grad()
+def raw_logits(model, ids: torch.Tensor, block: int, **kw) -> torch.Tensor:
+    """Raw (unshifted) logits of `ids` (B, T) under the block-causal mask, positions 0..T-1."""
+    T = ids.shape[1]
+    return model(input_ids=ids, attention_mask=block_bias(T, block, **kw).expand(ids.shape[0], 1, T, T),
+                 position_ids=torch.arange(T).expand(ids.shape[0], T)).logits
+
+
+# ---- SDAR block_diffusion_generate (JetAstra/SDAR generate.py) -----------------------------------
+
+def sdar_top_k_logits(logits, k):
+    if k <= 0:
+        return logits
+    values, _ = torch.topk(logits, k)
+    min_values = values[..., -1, None]
+    return torch.where(logits < min_values, torch.full_like(logits, float("-inf")), logits)
+
+
+def sdar_top_p_logits(logits, p):
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    cumulative_probs = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+    sorted_mask = cumulative_probs > p
+    sorted_mask[..., 1:] = sorted_mask[..., :-1].clone()
+    sorted_mask[..., 0] = False
+    mask_indices = torch.scatter(torch.full_like(logits, False, dtype=torch.bool), -1, sorted_indices, sorted_mask)
+    return logits.masked_fill(mask_indices, float("-inf"))
+
+
+def sdar_sample(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    orig_shape = logits.shape[:-1]
+    logits = logits.reshape(-1, logits.shape[-1])
+    if temperature == 0:  # not in the official file (it divides by zero): lmdeploy's greedy
+        probs = F.softmax(logits, dim=-1)
+        token = probs.argmax(-1, keepdim=True)
+        return token.view(*orig_shape), torch.gather(probs, -1, token).view(*orig_shape)
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0:
+        logits = sdar_top_k_logits(logits, top_k)
+    if top_p < 1.0:
+        logits = sdar_top_p_logits(logits, top_p)
+    probs = F.softmax(logits, dim=-1)
+    token = torch.multinomial(probs, num_samples=1, generator=generator)
+    token_prob = torch.gather(probs, -1, token)
+    return token.view(*orig_shape), token_prob.view(*orig_shape)
+
+
+def sdar_num_transfer_tokens(block_length, steps):
+    base = block_length // steps
+    remainder = block_length % steps
+    num_transfer_tokens = torch.zeros(steps, dtype=torch.int64) + base
+    num_transfer_tokens[:remainder] += 1
+    return num_transfer_tokens
+
+
+@torch.no_grad()
+def sdar_generate(model, input_ids, mask_id, gen_length=128, block_length=8, denoising_steps=8, temperature=1.0,
+                  top_k=0, top_p=1.0, remasking_strategy="low_confidence_dynamic", confidence_threshold=0.85,
+                  stopping_criteria_idx=None, generator=None, clamp_topk=False):
+    """block_diffusion_generate; `model` an HFStyleLM; returns the whole x (prompt included)."""
+    prompt_length = input_ids.shape[1]
+    past_key_values = IdsCache()
+    num_blocks = (prompt_length + gen_length + block_length - 1) // block_length
+    total_length = num_blocks * block_length
+    block_mask = torch.tril(torch.ones(num_blocks, num_blocks))
+    block_diffusion_attention_mask = block_mask.repeat_interleave(block_length, dim=0) \
+        .repeat_interleave(block_length, dim=1).unsqueeze(0)
+    position_ids = torch.arange(total_length).unsqueeze(0)
+    x = torch.full((1, total_length), mask_id, dtype=torch.long)
+    x[:, :prompt_length] = input_ids
+    prefill_blocks = prompt_length // block_length
+    prefill_length = prefill_blocks * block_length
+    # (the modeling reads the 0/1 mask with .bool())
+    if prefill_length > 0:
+        model(x[:, :prefill_length],
+              attention_mask=block_diffusion_attention_mask[:, :prefill_length, :prefill_length].bool(),
+              position_ids=position_ids[:, :prefill_length], past_key_values=past_key_values, store=True)
+    num_transfer_tokens = sdar_num_transfer_tokens(block_length, denoising_steps)
+    for num_block in range(prefill_blocks, num_blocks):
+        bs, be = num_block * block_length, (num_block + 1) * block_length
+        cur_x = x[:, bs:be].clone()
+        cur_attn_mask = block_diffusion_attention_mask[:, bs:be, :be].bool()
+        cur_position_ids = position_ids[:, bs:be]
+        for step in range(denoising_steps + 1):
+            mask_index = cur_x == mask_id
+            if mask_index.sum() == 0:
+                model(cur_x, attention_mask=cur_attn_mask, position_ids=cur_position_ids,
+                      past_key_values=past_key_values, store=True)
+                break
+            logits = model(cur_x, attention_mask=cur_attn_mask, position_ids=cur_position_ids,
+                           past_key_values=past_key_values, store=False)
+            x0, x0_p = sdar_sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            k = int(num_transfer_tokens[step])
+            if clamp_topk:
+                k = min(k, int(mask_index.sum()))
+            if remasking_strategy == "low_confidence_static":
+                confidence = torch.where(mask_index, x0_p, -torch.inf)
+                transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+                _, idx = torch.topk(confidence[0], k)
+                transfer_index[0, idx] = True
+            elif remasking_strategy == "low_confidence_dynamic":
+                confidence = torch.where(mask_index, x0_p, -torch.inf)
+                transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+                high_conf_mask = confidence[0] > confidence_threshold
+                if high_conf_mask.sum() >= k:
+                    transfer_index[0] = high_conf_mask
+                else:
+                    _, idx = torch.topk(confidence[0], k)
+                    transfer_index[0, idx] = True
+            else:
+                raise ValueError(remasking_strategy)
+            cur_x[transfer_index] = x0[transfer_index]
+        x[:, bs:be] = cur_x
+        if stopping_criteria_idx is not None and any(s in x[:, prompt_length:] for s in stopping_criteria_idx):
+            break
+    return x
+
+
+# ---- Stable-DiffCoder generate_block (modeling_stable_diffcoder.py) ------------------------------
+
+def sdc_make_block_causal_mask(seq_len, block_size=2, dtype=torch.float32):
+    num_blocks = (seq_len + block_size - 1) // block_size
+    block_mask = torch.tril(torch.ones((num_blocks, num_blocks), dtype=torch.bool))
+    local_block = torch.ones((block_size, block_size), dtype=torch.bool)
+    mask = block_mask.kron(local_block)[:seq_len, :seq_len]
+    attention_mask = mask.float()
+    attention_mask.masked_fill_(~mask, -torch.inf)
+    return attention_mask.unsqueeze(0).unsqueeze(0).to(dtype)
+
+
+def sdc_num_transfer_tokens(mask_map, steps):
+    mask_num = mask_map.sum().long().item()
+    base, remainder = mask_num // steps, mask_num % steps
+    num_transfer_tokens = torch.full((steps,), fill_value=base, dtype=torch.long)
+    num_transfer_tokens[:remainder] += 1
+    return num_transfer_tokens
+
+
+def sdc_transfer_index(logits, temperature, remasking, mask_index, x, num_transfer_token, threshold=None,
+                       generator=None):
+    if temperature == 0:
+        logits_with_noise = logits
+    else:
+        lg = logits.to(torch.float64)
+        noise = torch.rand(lg.shape, dtype=torch.float64, generator=generator)
+        logits_with_noise = lg.exp() / (-torch.log(noise)) ** temperature
+    x0 = torch.argmax(logits_with_noise, dim=-1)
+    if remasking == "low_confidence":
+        p = F.softmax(logits.to(torch.float64), dim=-1)
+        x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
+    elif remasking == "random":
+        x0_p = torch.rand((x0.shape[0], x0.shape[1]), generator=generator)
+    else:
+        raise NotImplementedError(remasking)
+    x0 = torch.where(mask_index, x0, x)
+    confidence = torch.where(mask_index, x0_p, -np.inf)
+    transfer_map = torch.zeros_like(x0, dtype=torch.bool)
+    if threshold is not None:
+        num_transfer_token = int(mask_index.sum(dim=1, keepdim=True))
+    _, select_index = torch.topk(confidence[0], k=num_transfer_token)
+    transfer_map[0, select_index] = True
+    if threshold is not None:
+        for k in range(1, num_transfer_token):
+            if confidence[0, select_index[k]] < threshold:
+                transfer_map[0, select_index[k]] = False
+    return x0, transfer_map
+
+
+@torch.no_grad()
+def sdc_generate_block(model, input_ids, steps=128, gen_length=128, block_length=4, temperature=0.0,
+                       remasking="low_confidence", mask_id=5, threshold=0.95, eos_id=None, generator=None):
+    """generate_block (shift=False, as every caller uses it); `model` an HFStyleLM. Returns
+    (x, nfe): x is the prompt + the generated tokens (cut at the block of the first eos)."""
+    x = torch.cat([input_ids, torch.full((1, gen_length), mask_id, dtype=torch.long)], dim=1)
+    assert gen_length % block_length == 0
+    gen_blocks = gen_length // block_length
+    assert steps % gen_blocks == 0
+    steps = steps // gen_blocks
+    prompt_length = input_ids.shape[1]
+    gen_block_list = [block_length for _ in range(gen_blocks)]
+    remainder = prompt_length % block_length
+    if remainder != 0:
+        res_block = block_length - remainder
+        gen_block_list = [res_block] + gen_block_list
+        gen_block_list[-1] = block_length - res_block
+        gen_blocks += 1
+    cum_block = [sum(gen_block_list[: i + 1]) for i in range(len(gen_block_list))]
+    mask = sdc_make_block_causal_mask(prompt_length + gen_length, block_length)
+    past_key_values = IdsCache()
+    nfe = 0
+    final_flag = False
+    prefill_length = prompt_length // block_length * block_length
+    if prefill_length > 0:
+        model(x[:, :prefill_length], attention_mask=mask[..., :prefill_length, :prefill_length],
+              position_ids=torch.arange(prefill_length), past_key_values=past_key_values)
+    for block_id, _ in enumerate(gen_block_list):
+        block_start = prompt_length + cum_block[block_id - 1] if block_id > 0 else prefill_length
+        block_end = prompt_length + cum_block[block_id]
+        num_transfer_tokens = sdc_num_transfer_tokens(x[:, block_start:block_end] == mask_id, steps)
+        for token_count in num_transfer_tokens:
+            if token_count > 0:
+                nfe += 1
+                mask_map = x[:, block_start:block_end] == mask_id
+                logits = model(x[:, block_start:block_end], attention_mask=mask[..., block_start:block_end, :block_end],
+                               position_ids=torch.arange(block_start, block_end), past_key_values=past_key_values)
+                past_key_values.crop(block_start)
+                x0, transfer_map = sdc_transfer_index(logits, temperature, remasking, mask_map,
+                                                      x[:, block_start:block_end],
+                                                      token_count.item() if threshold is None else None, threshold,
+                                                      generator=generator)
+                x[:, block_start:block_end][transfer_map] = x0[transfer_map]
+            if (x[:, block_start:block_end] == mask_id).sum() == 0:
+                gen_start = max(block_start, prompt_length)
+                if eos_id is not None and gen_start < block_end and (x[:, gen_start:block_end] == eos_id).sum() > 0:
+                    final_flag = True
+                    x = x[:, :block_end]
+                    eos_pos = (x[:, gen_start:block_end] == eos_id).nonzero(as_tuple=True)[1][0].item() + gen_start
+                    x[0, eos_pos:] = eos_id
+                    break
+                nfe += 1
+                model(x[:, block_start:block_end], attention_mask=mask[..., block_start:block_end, :block_end],
+                      position_ids=torch.arange(block_start, block_end), past_key_values=past_key_values)
+                break
+        if final_flag:
+            break
+    return x, nfe
+
+
+# ---- Fast-dLLM v2 generate (the HF modeling.py's Fast_dLLM_QwenForCausalLM.generate) ------------
+
+def v2_sample_with_top_p(logits, top_p=0.95, temperature=1.0, generator=None):
+    if temperature > 0:
+        scaled_logits = logits / temperature
+    else:
+        p_1t = torch.softmax(logits, dim=-1)
+        return p_1t.argmax(dim=-1), p_1t
+    probs = F.softmax(scaled_logits, dim=-1)
+    sorted_probs, sorted_indices = torch.sort(probs, descending=True)
+    cumulative_probs = torch.cumsum(sorted_probs, dim=-1)
+    sorted_indices_to_remove = cumulative_probs > top_p
+    sorted_indices_to_remove[..., 1:] = sorted_indices_to_remove[..., :-1].clone()
+    sorted_indices_to_remove[..., 0] = 0
+    indices_to_remove = torch.zeros_like(probs, dtype=torch.bool).scatter_(
+        dim=-1, index=sorted_indices, src=sorted_indices_to_remove)
+    probs[indices_to_remove] = 0
+    p_1t = probs / torch.sum(probs, dim=-1, keepdim=True)
+    x_1 = torch.multinomial(p_1t[0], num_samples=1, generator=generator).unsqueeze(0).squeeze(-1)
+    return x_1, p_1t
+
+
+def v2_eval_mask(seqlen, block_size, cache_seq_len):
+    q_indices = torch.arange(seqlen) + cache_seq_len
+    k_indices = torch.arange(seqlen + cache_seq_len)
+    return (q_indices[:, None] // block_size) >= (k_indices[None, :] // block_size)
+
+
+@torch.no_grad()
+def fast_dllm_v2_generate(model, input_ids, max_new_tokens, mask_id=151665, threshold=1, small_block_size=8,
+                          block_size=32, stop_token=151645, top_p=0.95, temperature=0, generator=None,
+                          prefill_equal=False):
+    """generate (use_block_cache=False); `model` an HFStyleLM. Returns the prompt + the generated
+    tokens, cut after the first stop token, as the official one does."""
+    def forward(chunk, past, store):
+        cache_len = past.get_seq_length() if past is not None else 0
+        return model(chunk, attention_mask=v2_eval_mask(chunk.shape[1], block_size, cache_len),
+                     position_ids=torch.arange(cache_len, cache_len + chunk.shape[1]),
+                     past_key_values=past, store=store)
+
+    num_blocks = max_new_tokens // block_size
+    original_input_length = input_ids.shape[1]
+    if input_ids.shape[1] > block_size or (prefill_equal and input_ids.shape[1] == block_size):
+        past_key_values = IdsCache()
+        logits = forward(input_ids[:, :(input_ids.shape[1] // block_size * block_size)], past_key_values, True)
+        if input_ids.shape[1] % block_size == 0:
+            next_token = logits[:, -1:, :].argmax(dim=-1)
+            input_ids = torch.cat([input_ids, next_token], dim=1)
+    else:
+        past_key_values = None
+    num_small_blocks = block_size // small_block_size
+    for _ in range(num_blocks):
+        if stop_token in input_ids[:, original_input_length:]:
+            break
+        prompt_length = input_ids.shape[1]
+        x_init = mask_id * torch.ones((input_ids.shape[0], block_size - prompt_length % block_size), dtype=torch.long)
+        x_t = torch.cat([input_ids, x_init], dim=1)
+        while True:
+            if stop_token in x_t[:, prompt_length:]:
+                stop_token_idx = (x_t[:, prompt_length:] == stop_token).nonzero()[0][1]
+                if (x_t[:, prompt_length:prompt_length + stop_token_idx] == mask_id).sum() == 0:
+                    break
+            mask_idx = x_t[:, -block_size:] == mask_id
+            if mask_idx.sum() == 0:
+                if past_key_values is None:
+                    past_key_values = IdsCache()
+                logits = forward(x_t[:, -block_size:], past_key_values, True)
+                next_token = logits[:, -1:, :].argmax(dim=-1)
+                x_t = torch.cat([x_t, next_token], dim=1)
+                break
+            for small_block_idx in range(num_small_blocks):
+                small_block_start_idx = small_block_idx * small_block_size
+                small_block_end_idx = small_block_start_idx + small_block_size
+                start = -block_size + small_block_start_idx
+                end = None if block_size == small_block_end_idx else -block_size + small_block_end_idx
+                while True:
+                    mask_idx = x_t[:, -block_size:] == mask_id
+                    if mask_idx[:, start:end].sum() == 0:
+                        break
+                    if stop_token in x_t[:, prompt_length:]:
+                        stop_token_idx = (x_t[:, prompt_length:] == stop_token).nonzero()[0][1]
+                        if (x_t[:, prompt_length:prompt_length + stop_token_idx] == mask_id).sum() == 0:
+                            break
+                    logits = forward(x_t[:, -block_size:], past_key_values, False)
+                    logits = torch.cat([logits[:, :1, :], logits[:, :-1, :]], dim=1)
+                    logits = logits[:, start:end]
+                    x_1, p_1t = v2_sample_with_top_p(logits, top_p=top_p, temperature=temperature, generator=generator)
+                    x1_p = torch.squeeze(torch.gather(p_1t, dim=-1, index=torch.unsqueeze(x_1, -1)), -1)
+                    x1_p = torch.where(mask_idx[:, start:end], x1_p, -torch.inf)
+                    unmask_idx = x1_p > threshold
+                    max_prob_idx = x1_p.argmax(dim=-1)
+                    unmask_idx[torch.arange(x_1.shape[0]), max_prob_idx] = True
+                    unmask_idx = unmask_idx & mask_idx[:, start:end]
+                    x_t[:, start:end][unmask_idx] = x_1[unmask_idx]
+        input_ids = x_t
+    if stop_token in input_ids[:, original_input_length:]:
+        stop_token_idx = (input_ids[:, original_input_length:] == stop_token).nonzero()[0][1]
+        input_ids = input_ids[:, :stop_token_idx + original_input_length + 1]
+    return input_ids
 
 
 # ---- a mock model with the full model contract ------------------------------------------------

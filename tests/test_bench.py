@@ -98,3 +98,53 @@ def test_bad_options():
         run_bench("x", shape="dream-7b", device="cpu")
     with pytest.raises(UsageError):
         bench_model(MockModel(), label="m", prompt_ids=PROMPTS, ks=(0,))
+
+
+# ---- block-diffusion models: exact cache vs full recompute -------------------------------------------
+
+def _tiny_block_shape(name, **extra):
+    base = dict(loader.PUBLISHED_SHAPES[name], hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=96, vocab_size=512, mask_token_id=500, eos_token_id=501, pad_token_id=501,
+                bos_token_id=502, **extra)
+    base.pop("head_dim", None)
+    return base
+
+
+@pytest.mark.parametrize("shape", ["sdar-8b", "stable-diffcoder-8b", "fast-dllm-v2-7b"])
+def test_block_shapes_time_the_exact_cache_against_full_recompute(monkeypatch, shape):
+    extra = {"bd_size": 8} if shape == "fast-dllm-v2-7b" else {}
+    monkeypatch.setitem(loader.PUBLISHED_SHAPES, "tiny-block", _tiny_block_shape(shape, **extra))
+    report = run_bench(None, shape="tiny-block", layers=2, device="cpu", dtype="float32", gen_length=32,
+                       ks=(2,), prompt_tokens=37, n_prompts=2)
+    assert report.prompts == 2 and report.prompt_tokens == 37 and "2 layers" in report.model
+    names = [r.name for r in report.rows]
+    assert names[:3] == ["reference", "exact-cache", "fast"]
+    ref, exact = report.row("reference"), report.row("exact-cache")
+    assert exact.identical is True and exact.agreement == 1.0 and ref.identical is None
+    assert exact.forwards == ref.forwards and ref.tokens_per_forward == pytest.approx(1.0, abs=0.05)
+    assert any("block diffusion" in n for n in report.notes)
+    if shape == "fast-dllm-v2-7b":
+        assert "k=2" not in names  # its loop has no step budget
+    else:
+        k2 = report.row("k=2")
+        assert k2.tokens_per_forward == pytest.approx(2.0, abs=0.2) and k2.forwards < exact.forwards
+    text = format_report(report)
+    assert "exact-cache" in text and "identical" in text and "yes" in text
+
+
+def test_block_configs():
+    from dllm_cli.bench import block_configs
+    from dllm_cli.config import family_sampler
+
+    rows = block_configs(256, (1, 4), family_sampler("sdar", 4))
+    ref, exact, fast = (r[2] for r in rows[:3])
+    assert ref.cache == "none" and exact.cache == "exact" and ref.with_(cache="exact") == exact
+    assert ref.threshold is None and ref.total_steps == 256 and not ref.early_stop
+    assert fast.threshold == 0.9 and fast.early_stop and fast.gen_length == 256
+    assert [r[2].total_steps for r in rows[3:]] == [256, 64]
+    assert block_configs(100, (), family_sampler("fast-dllm-v2", 32))[0][2].gen_length == 96
+
+
+def test_layers_only_with_a_shape():
+    with pytest.raises(UsageError, match="--layers"):
+        run_bench("x", layers=2, device="cpu")

@@ -430,11 +430,15 @@ def test_bench_passes_options_through_and_prints_json(monkeypatch, tmp_path):
     assert code == 0, err
     assert json.loads(out) == {"rows": [], "gen_length": 64}
     assert seen == dict(model_path=str(tmp_path), shape=None, device="auto", dtype="auto", gen_length=64,
-                        ks=(1, 3))
+                        ks=(1, 3), layers=None, prompt_tokens=64, n_prompts=None)
     code, out, _ = run(["bench", "--shape", "dream-7b", "--device", "cpu", "--dtype", "bfloat16"])
     assert code == 0 and out == "TABLE\n"
     assert (seen["model_path"], seen["shape"], seen["device"], seen["dtype"]) == (None, "dream-7b", "cpu",
                                                                                    "bfloat16")
+    code, out, _ = run(["bench", "--shape", "sdar-1.7b", "--layers", "2", "--prompt-tokens", "512", "--prompts", "1",
+                        "--gen-length", "256"])
+    assert code == 0 and (seen["shape"], seen["layers"], seen["prompt_tokens"], seen["n_prompts"],
+                          seen["gen_length"]) == ("sdar-1.7b", 2, 512, 1, 256)
 
 
 @pytest.mark.parametrize("args, words", [(["--shape", "gpt-9"], "unknown --shape"),
@@ -600,3 +604,57 @@ def test_models_marks_broken_and_unsupported_checkpoints_with_the_reason(repo, d
     assert rows["no-tokenizer"]["status"] == "broken" and "tokenizer" in rows["no-tokenizer"]["error"]
     code, out, _ = run(["models", str(truncated)])
     assert "truncated: broken: model.safetensors: truncated" in " ".join(out.split())
+
+
+# ---- block-diffusion checkpoints: the family's recipe by default ------------------------------------
+
+def _spy_on_configs(monkeypatch):
+    import dllm_cli.engine.local as local
+
+    real, seen = local.denoise, []
+
+    def spy(model, prompt_ids, cfg, **kwargs):
+        seen.append(cfg)
+        return real(model, prompt_ids, cfg, **kwargs)
+
+    monkeypatch.setattr(local, "denoise", spy)
+    return seen
+
+
+@pytest.mark.parametrize("family", ["sdar", "stable-diffcoder", "fast-dllm-v2"])
+def test_code_uses_the_family_recipe(repo, tmp_path, monkeypatch, family):
+    from dllm_cli.config import family_sampler
+
+    from tiny import make_fast_dllm_v2_checkpoint, make_sdar_checkpoint, make_stable_diffcoder_checkpoint
+
+    maker = {"sdar": make_sdar_checkpoint, "stable-diffcoder": make_stable_diffcoder_checkpoint,
+             "fast-dllm-v2": make_fast_dllm_v2_checkpoint}[family]
+    ckpt = maker(tmp_path / family)
+    seen = _spy_on_configs(monkeypatch)
+    (repo / "src/median.py").write_text(STUBS.replace("\r\n", "\n"))  # stubs: a block model still chats
+    code, out, err = run(["code", "--json", "--dry-run", "--model", str(ckpt), "--gen-length", "64",
+                          "implement median"])
+    assert code in (0, 3), err
+    block = {"sdar": 4, "stable-diffcoder": 4, "fast-dllm-v2": 32}[family]
+    assert seen == [family_sampler(family, block).with_(gen_length=64)]
+    assert json.loads(out)["steps"] >= 1
+    code, out, err = run(["code", "--infill", "--model", str(ckpt), "implement median"])
+    assert code == 2 and "block-diffusion" in err and "--infill" in err
+    code, out, err = run(["code", "--model", str(ckpt), "--alg", "entropy", "x"])
+    assert code == 2 and f"the {family} block-diffusion loop" in err
+    code, out, err = run(["code", "--model", str(ckpt), "--block-length", str(2 * block), "--gen-length",
+                          str(4 * block), "--dry-run", "x"])
+    assert code == 2 and f"blocks of {block} tokens" in err
+
+
+def test_models_lists_the_block_families(repo, tmp_path):
+    from tiny import make_fast_dllm_v2_checkpoint, make_sdar_checkpoint, make_stable_diffcoder_checkpoint
+
+    folders = [make_sdar_checkpoint(tmp_path / "s"), make_stable_diffcoder_checkpoint(tmp_path / "c", revision="old"),
+               make_fast_dllm_v2_checkpoint(tmp_path / "f")]
+    code, out, err = run(["models", "--json", *map(str, folders)])
+    assert code == 0, err
+    rows = [r for r in json.loads(out) if r["source"] == "argument"]
+    assert [(r["family"], r["layout"]) for r in rows] == [("sdar", "sdar"), ("stable-diffcoder", "stable-diffcoder"),
+                                                          ("fast-dllm-v2", "fast-dllm-v2")]
+    assert [r["context"] for r in rows] == [32768, 8192, 32768]

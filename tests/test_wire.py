@@ -107,6 +107,19 @@ def test_completions_with_a_suffix_are_anchored_infilling():
         wire.parse_completion({"prompt": "ab", "suffix": "cd", "max_tokens": 63}, SERVED)
 
 
+def test_a_block_diffusion_checkpoint_is_served_with_its_recipe_and_no_infill():
+    from dllm_cli.config import family_sampler
+
+    base = family_sampler("sdar", 4)
+    served = wire.Served("sdar", Letters(), SpecialTokens(mask=MASK, eos=EOS), 64, 64, base=base, can_infill=False)
+    cfg = wire.parse_chat({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}, served).cfg
+    assert (cfg.block_loop, cfg.block_length, cfg.gen_length) == (base.block_loop, 4, 16)  # the checkpoint's block
+    with pytest.raises(wire.WireError) as info:
+        wire.parse_completion({"prompt": "ab", "suffix": "cd"}, served)
+    assert info.value.status == 400 and "cannot fill in the middle" in str(info.value)
+    assert SERVED.base.block_loop is None  # a 2025 model keeps dllm's fast mode
+
+
 def test_json_bodies():
     assert wire.parse_json(b'{"a": 1}') == {"a": 1}
     for raw in (b"{", b"[1]", b"\xff"):

@@ -8,6 +8,17 @@ family's special tokens, tokenizer_config.json and a chat template. Sizes are ti
 (hidden 64, 2 layers, 4 heads) so every test runs in milliseconds. The global torch RNG is
 never touched: weights come from a local generator seeded with `seed`.
 
+The block-diffusion families (docs/models.md has the sources of every key and name):
+`make_sdar_checkpoint` (Qwen3 names with q_norm/k_norm, an explicit head_dim whose q width is
+not the hidden size, as SDAR-4B's; every key of the HF config.json, which has no block_size
+and no mask_token_id unless `training_copy`; the mask named "<|MASK|>" in tokenizer_config.json
+and "<MASK>" in added_tokens.json / special_tokens_map.json, as the published folders do),
+`make_stable_diffcoder_checkpoint` (Llama names; `revision="old"`: architectures
+LlamaForCausalLM with the auto_map naming SeedDiffcoderForCausalLM; Seed-Coder's special tokens
+with "<[MASK_TOKEN]>" as mask_token in special_tokens_map.json) and
+`make_fast_dllm_v2_checkpoint` (Qwen2 names with q/k/v biases, `bd_size`, `layer_types`; the
+mask "|<MASK>|" named only as an added token).
+
 The Dream folder also holds `tokenization_dream.py` / `configuration_dream.py` named by
 `auto_map`; importing them writes the file AUTO_MAP_RAN into the folder, so a test can
 prove the loader never runs checkpoint-supplied code.
@@ -316,4 +327,196 @@ def make_llada_checkpoint(dir, *, num_kv_heads: int | None = None, sharded: bool
     }
     (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     write_weights(folder, _random(llada_shapes(cfg), seed), dtype=dtype, sharded=sharded)
+    return folder
+
+
+# ---- the block-diffusion families (SDAR, Stable-DiffCoder, Fast-dLLM v2) -----------------------
+
+SDAR_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+                 "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                 "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+                 "<|MASK|>")
+SEED_SPECIALS = ("<[begin\u2581of\u2581sentence]>", "<[PAD\u2581TOKEN]>", "<[end\u2581of\u2581sentence]>",
+                 "<[SEP\u2581TOKEN]>", "<[fim-prefix]>", "<[fim-suffix]>", "<[fim-middle]>", "<[MASK_TOKEN]>")
+FAST_DLLM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                      "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                      "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+                      "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                      "<|repo_name|>", "<|file_sep|>", "|<MASK>|")
+
+QWEN3_TEMPLATE = (  # the shape of Qwen3's ChatML (no default system prompt)
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{% endif %}{% endif %}"
+)
+SEED_TEMPLATE = (  # Seed-Coder-Instruct's turns
+    "{% for message in messages %}{{ bos_token + message['role'] + '\\n' + message['content'] }}"
+    "{% if message['role'] == 'system' %}{{ '\\n\\n' }}{% endif %}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token + 'assistant\\n' }}{% endif %}"
+)
+
+
+def decoder_shapes(cfg: dict, *, qkv_bias: bool, qk_norm: bool) -> dict[str, tuple[int, ...]]:
+    """HF decoder names (Qwen2 / Qwen3 / Llama): model.embed_tokens, model.layers.N.*, model.norm, lm_head."""
+    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (h,)
+        for name, rows in (("q_proj", q), ("k_proj", kv), ("v_proj", kv)):
+            shapes[p + f"self_attn.{name}.weight"] = (rows, h)
+            if qkv_bias:
+                shapes[p + f"self_attn.{name}.bias"] = (rows,)
+        shapes[p + "self_attn.o_proj.weight"] = (h, q)
+        if qk_norm:
+            shapes[p + "self_attn.q_norm.weight"] = (hd,)
+            shapes[p + "self_attn.k_norm.weight"] = (hd,)
+        shapes.update({p + "post_attention_layernorm.weight": (h,), p + "mlp.gate_proj.weight": (inter, h),
+                       p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter)})
+    shapes["model.norm.weight"] = (h,)
+    if not cfg.get("tie_word_embeddings"):
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def _block_folder(dir, specials, tok_extra, template, *, sharded, dtype, seed, cfg_of, qkv_bias, qk_norm,
+                  traps) -> tuple[Path, dict[str, int], dict]:
+    folder = Path(dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(folder, specials, fmt="tokenizer.json", config_extra=tok_extra,
+                          chat_template=template, template_in="config")
+    cfg = cfg_of(ids, _round_up(max(ids.values()) + 1))
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    write_weights(folder, _random(decoder_shapes(cfg, qkv_bias=qkv_bias, qk_norm=qk_norm), seed), dtype=dtype,
+                  sharded=sharded)
+    trap = (f"import pathlib\npathlib.Path(__file__).with_name({AUTO_MAP_MARKER!r}).write_text('ran')\n"
+            "raise RuntimeError('checkpoint-supplied code must never run')\n")
+    for name in traps:
+        (folder / name).write_text(trap, encoding="utf-8")
+    return folder, ids, cfg
+
+
+def make_sdar_checkpoint(dir, *, sharded: bool = False, dtype: str = "float32", seed: int = 0,
+                         training_copy: bool = False, block_size: int | None = None, tied: bool = False,
+                         num_kv_heads: int = 2, head_dim: int = 32) -> Path:
+    """A tiny SDAR (Qwen3-named) checkpoint. `training_copy`: config.json also carries block_size 4
+    and mask_token_id, as JetAstra/SDAR's training copies do; `block_size` sets it explicitly."""
+    tok_extra = {"add_bos_token": False, "bos_token": None, "eos_token": "<|endoftext|>",
+                 "pad_token": "<|endoftext|>", "mask_token": "<|MASK|>", "tokenizer_class": "Qwen2Tokenizer",
+                 "additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|MASK|>"],
+                 "model_max_length": 131072, "errors": "replace", "split_special_tokens": False,
+                 "auto_map": {"AutoTokenizer": ["tokenization_qwen2.Qwen2Tokenizer",
+                                                "tokenization_qwen2_fast.Qwen2TokenizerFast"]}}
+
+    def cfg_of(ids, vocab):
+        cfg = {
+            "architectures": ["SDARForCausalLM"],
+            "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModel": "modeling_sdar.SDARModel",
+                         "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
+            "attention_bias": False, "attention_dropout": 0.0, "attn_implementation": "flex_attention",
+            "bos_token_id": ids["<|endoftext|>"], "debug": False, "eos_token_id": ids["<|endoftext|>"],
+            "ep_size": 1, "fuse_cross_entropy": True, "head_dim": head_dim, "hidden_act": "silu",
+            "hidden_size": HIDDEN, "initializer_range": 0.02, "intermediate_size": INTERMEDIATE,
+            "max_position_embeddings": 32768, "max_window_layers": LAYERS, "micro_forward": False,
+            "model_type": "sdar", "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
+            "num_key_value_heads": num_kv_heads, "rms_norm_eps": 1e-6, "rope_scaling": None,
+            "rope_theta": 1000000, "skip_checkpoint": False, "sliding_window": None,
+            "tie_word_embeddings": tied, "torch_dtype": "bfloat16", "transformers_version": "4.52.4",
+            "use_cache": False, "use_deepep": False, "use_sliding_window": False, "vocab_size": vocab,
+        }
+        if training_copy:
+            cfg.update(block_size=4, mask_token_id=ids["<|MASK|>"])
+        if block_size is not None:
+            cfg["block_size"] = block_size
+        return cfg
+
+    folder, ids, _ = _block_folder(dir, SDAR_SPECIALS, tok_extra, QWEN3_TEMPLATE, sharded=sharded, dtype=dtype,
+                                   seed=seed, cfg_of=cfg_of, qkv_bias=False, qk_norm=True,
+                                   traps=("configuration_sdar.py", "modeling_sdar.py", "tokenization_qwen2.py"))
+    # The published folders name the mask "<MASK>" here (and "<|MASK|>" in tokenizer_config.json).
+    added = {s: i for s, i in ids.items()}
+    added["<MASK>"] = added.pop("<|MASK|>")
+    (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<MASK>"], "eos_token": "<|endoftext|>",
+         "pad_token": "<|endoftext|>", "mask_token": "<MASK>"}), encoding="utf-8")
+    (folder / "chat_template.jinja").write_text(QWEN3_TEMPLATE, encoding="utf-8")
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]],
+         "pad_token_id": ids["<|endoftext|>"], "do_sample": True, "temperature": 0.6, "top_k": 20,
+         "top_p": 0.95}), encoding="utf-8")
+    return folder
+
+
+def make_stable_diffcoder_checkpoint(dir, *, sharded: bool = False, dtype: str = "float32", seed: int = 0,
+                                     revision: str = "5.3", num_kv_heads: int = 2,
+                                     chat_template: str | None = SEED_TEMPLATE) -> Path:
+    """A tiny Stable-DiffCoder (Llama-named) checkpoint; `revision` "5.3" (architectures
+    StableDiffcoderForCausalLM) or "old" (LlamaForCausalLM + auto_map SeedDiffcoderForCausalLM)."""
+    bos, pad, eos = SEED_SPECIALS[0], SEED_SPECIALS[1], SEED_SPECIALS[2]
+    tok_extra = {"bos_token": bos, "eos_token": eos, "pad_token": pad, "sep_token": SEED_SPECIALS[3],
+                 "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 8192,
+                 "add_bos_token": False}
+
+    def cfg_of(ids, vocab):
+        cfg = {
+            "architectures": ["StableDiffcoderForCausalLM"],
+            "auto_map": {"AutoModel": "modeling_stable_diffcoder.StableDiffcoderForCausalLM",
+                         "AutoModelForCausalLM": "modeling_stable_diffcoder.StableDiffcoderForCausalLM"},
+            "attention_bias": False, "attention_dropout": 0.1, "bos_token_id": ids[bos], "eos_token_id": ids[eos],
+            "hidden_act": "silu", "hidden_size": HIDDEN, "initializer_range": 0.009882118,
+            "intermediate_size": INTERMEDIATE, "layer_norm_eps": None, "max_position_embeddings": 8192,
+            "mlp_bias": False, "model_type": "llama", "num_attention_heads": HEADS, "num_hidden_layers": LAYERS,
+            "num_key_value_heads": num_kv_heads, "resid_pdrop": 0.1, "rms_norm_eps": 1e-6,
+            "rope_theta": 500000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+            "transformers_version": "5.3.0", "use_cache": True, "vocab_size": vocab,
+        }
+        if revision == "old":
+            cfg.update(architectures=["LlamaForCausalLM"], head_dim=HIDDEN // HEADS, rope_scaling=None,
+                       transformers_version="4.46.2",
+                       auto_map={"AutoModelForCausalLM": "modeling_seed_diffcoder.SeedDiffcoderForCausalLM"})
+        return cfg
+
+    folder, ids, _ = _block_folder(dir, SEED_SPECIALS, tok_extra, chat_template, sharded=sharded, dtype=dtype,
+                                   seed=seed, cfg_of=cfg_of, qkv_bias=False, qk_norm=False,
+                                   traps=("modeling_stable_diffcoder.py", "modeling_seed_diffcoder.py",
+                                          "generation_utils.py"))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {"bos_token": bos, "eos_token": eos, "pad_token": pad, "mask_token": {"content": "<[MASK_TOKEN]>"}},
+        ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def make_fast_dllm_v2_checkpoint(dir, *, sharded: bool = False, dtype: str = "float32", seed: int = 0,
+                                 bd_size: int = 32, tied: bool = False, num_kv_heads: int = 2) -> Path:
+    """A tiny Fast-dLLM v2 (Qwen2-named, q/k/v biases) checkpoint with `bd_size`."""
+    tok_extra = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                 "tokenizer_class": "Qwen2Tokenizer", "model_max_length": 131072, "errors": "replace",
+                 "split_special_tokens": False}
+
+    def cfg_of(ids, vocab):
+        return {
+            "architectures": ["Fast_dLLM_QwenForCausalLM"], "attention_dropout": 0.0,
+            "auto_map": {"AutoConfig": "configuration.Fast_dLLM_QwenConfig",
+                         "AutoModel": "modeling.Fast_dLLM_QwenModel",
+                         "AutoModelForCausalLM": "modeling.Fast_dLLM_QwenForCausalLM"},
+            "bd_size": bd_size, "bos_token_id": ids["<|endoftext|>"], "conplemenrary_mask": True,
+            "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu", "hidden_size": HIDDEN,
+            "initializer_range": 0.02, "intermediate_size": INTERMEDIATE, "layer_types": ["full_attention"] * LAYERS,
+            "max_position_embeddings": 32768, "max_window_layers": LAYERS, "model_type": "Fast_dLLM_Qwen",
+            "num_attention_heads": HEADS, "num_hidden_layers": LAYERS, "num_key_value_heads": num_kv_heads,
+            "pad_token_id": ids["<|im_end|>"], "rms_norm_eps": 1e-6, "rope_scaling": None,
+            "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": tied,
+            "torch_dtype": "bfloat16", "transformers_version": "4.53.1", "use_cache": True,
+            "use_sliding_window": False, "vocab_size": vocab,
+        }
+
+    folder, _, _ = _block_folder(dir, FAST_DLLM_SPECIALS, tok_extra, CHATML_TEMPLATE, sharded=sharded, dtype=dtype,
+                                 seed=seed, cfg_of=cfg_of, qkv_bias=True, qk_norm=False,
+                                 traps=("configuration.py", "modeling.py"))
     return folder

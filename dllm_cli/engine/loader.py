@@ -2,7 +2,9 @@
 
 Knows: the weight files (safetensors single or sharded, refused `.bin` pickles), the strict
 meta-device load (every tensor consumed, every shape checked), the memory check before any
-weight is read, and random weights of the published shapes (`dllm bench --shape`). What the
+weight is read, the tokenizer checks (a block-diffusion checkpoint's mask id must be a special
+token of its tokenizer), and random weights of the published shapes (`dllm bench --shape`;
+`reduced(shape, layers=N)` keeps the widths and cuts the depth). What the
 folder is (layout, family, tokenizer files, template) comes from `catalog.inspect`.
 Must not: know about terminals, or run checkpoint-supplied code. Every failure a user can
 cause is a DllmError whose one-line message names the file.
@@ -52,6 +54,36 @@ PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
         "intermediate_size": 4864, "vocab_size": 151936, "rms_norm_eps": 1e-6,
         "rope_theta": 1000000.0, "tie_word_embeddings": True, "mask_token_id": 151665,
         "eos_token_id": 151643, "pad_token_id": 151643,
+    },
+    # Block diffusion (block-causal attention, exact block KV cache).
+    "sdar-8b": {  # JetLM/SDAR-8B-Chat (JetAstra/SDAR training copy of its config.json)
+        "model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": 4096,
+        "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "intermediate_size": 12288, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": False, "attention_bias": False, "block_size": 4, "mask_token_id": 151669,
+        "eos_token_id": 151643, "pad_token_id": 151643, "bos_token_id": 151643,
+    },
+    "sdar-1.7b": {  # JetLM/SDAR-1.7B-Chat: Qwen3-1.7B shapes (its config.json was not read; untied
+        # because the 4.06 GB safetensors file holds ~2.03 B parameters)
+        "model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": 2048,
+        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+        "intermediate_size": 6144, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": False, "attention_bias": False, "block_size": 4, "mask_token_id": 151669,
+        "eos_token_id": 151643, "pad_token_id": 151643, "bos_token_id": 151643,
+    },
+    "stable-diffcoder-8b": {  # ByteDance-Seed/Stable-DiffCoder-8B-Instruct (transformers 5.3 revision)
+        "model_type": "llama", "architectures": ["StableDiffcoderForCausalLM"], "hidden_size": 4096,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "intermediate_size": 14336, "vocab_size": 155136, "rms_norm_eps": 1e-6, "rope_theta": 500000.0,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False, "attention_bias": False,
+        "mlp_bias": False, "mask_token_id": 5, "bos_token_id": 0, "eos_token_id": 2,
+    },
+    "fast-dllm-v2-7b": {  # Efficient-Large-Model/Fast_dLLM_v2_7B (vocab, eps, theta: Qwen2.5-7B's)
+        "model_type": "Fast_dLLM_Qwen", "architectures": ["Fast_dLLM_QwenForCausalLM"], "hidden_size": 3584,
+        "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "intermediate_size": 18944, "vocab_size": 152064, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "tie_word_embeddings": False, "bd_size": 32, "mask_token_id": 151665, "bos_token_id": 151643,
+        "eos_token_id": 151645, "pad_token_id": 151645,
     },
 }
 
@@ -270,6 +302,24 @@ def check_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, folder: Path) -> None
     if tokenizer.mask_token_id >= spec.vocab_size:
         raise TokenizerError(f"{folder / 'config.json'}: mask_token_id {tokenizer.mask_token_id} is "
                              f"outside the vocabulary ({spec.vocab_size}); fix config.json")
+    if spec.block_causal and tokenizer.mask_token_id not in tokenizer.special_ids:
+        text = tokenizer.id_to_token(tokenizer.mask_token_id)
+        raise TokenizerError(f"{tokenizer.source}: the mask id {tokenizer.mask_token_id} is {text!r}, not a special "
+                             f"token of this tokenizer; copy the tokenizer files of this {spec.family} checkpoint "
+                             "(or set mask_token_id in config.json)")
+
+
+def reduced(config: Mapping[str, Any], layers: int | None) -> dict[str, Any]:
+    """A published shape with `layers` layers instead of its own (the widths, vocabulary and
+    attention pattern unchanged): `dllm bench --shape X --layers N` on a CPU."""
+    out = dict(config)
+    if layers is None:
+        return out
+    if layers < 1:
+        raise UsageError("--layers must be at least 1")
+    key = "n_layers" if "n_layers" in out else "num_hidden_layers"
+    out[key] = layers
+    return out
 
 
 def _frozen(net: DiffusionModel) -> DiffusionModel:

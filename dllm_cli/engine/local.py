@@ -1,7 +1,8 @@
 """The local engine as a Backend: run the sampler on a loaded Model and decode its answer.
 
 Knows: which loop a request takes (DreamOn's variable-length loop for an infill request on a
-checkpoint with an `<|expand|>` token, else `sampler.denoise`), where an answer ends (the first
+checkpoint with an `<|expand|>` token, else `sampler.denoise`, which runs `cfg.block_loop` for a
+block-causal model and refuses a suffix there), where an answer ends (the first
 stop token) and how it is decoded (the checkpoint's tokenizer, special tokens dropped).
 Must not: draw, or know what happens to the answer.
 """

@@ -1,7 +1,9 @@
 """The model contract the samplers use, and the handle `load_model` returns.
 
 Knows: what a sampler needs of a model (`Denoiser`: aligned logits, a fresh KV cache, the
-device, the special token ids) and the loaded handle (`Model`): the network plus the
+device, the special token ids, and its attention pattern: `attention_block`, None for
+bidirectional attention, B for block-causal attention in blocks of B aligned at position 0) and
+the loaded handle (`Model`): the network plus the
 `SpecialTokens`, tokenizer and `catalog.Checkpoint` it came with, carried as fields instead of
 attributes set on the `nn.Module`. Inference runs the network under no_grad here.
 Must not: read files, sample, or decode.
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from ..events import SpecialTokens
-from .layouts import DiffusionModel, KVCache, ModelSpec
+from .layouts import BlockKVCache, DiffusionModel, KVCache, ModelSpec
 
 if TYPE_CHECKING:
     from ..catalog import Checkpoint
@@ -23,7 +25,9 @@ if TYPE_CHECKING:
 
 
 class Denoiser(Protocol):
-    """What `sampler.denoise` and `dreamon.denoise_dreamon` call (tests pass mocks of it)."""
+    """What `sampler.denoise` and `dreamon.denoise_dreamon` call (tests pass mocks of it). A
+    block-causal model (`attention_block` set) also takes `rows=(a, b)` in `logits`: only those
+    positions of the window are scored."""
 
     tokens: SpecialTokens
 
@@ -34,6 +38,13 @@ class Denoiser(Protocol):
                cache: Any = None, window: tuple[int, int] | None = None) -> torch.Tensor: ...
 
     def new_cache(self) -> Any: ...
+
+
+def attention_block(model: Any) -> int | None:
+    """The model's block-causal block length (`attention_block`), None when its attention is
+    bidirectional (also for Denoisers that do not say: the 2025 mocks)."""
+    block = getattr(model, "attention_block", None)
+    return block if isinstance(block, int) else None
 
 
 class Model:
@@ -58,6 +69,11 @@ class Model:
         return self.net.embed_weight().device
 
     @property
+    def attention_block(self) -> int | None:
+        """None: bidirectional attention; B: block-causal in blocks of B from position 0."""
+        return self.spec.block_size
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.net.embed_weight().dtype
 
@@ -66,12 +82,14 @@ class Model:
 
     @torch.no_grad()  # not inference_mode: callers may edit the returned logits in place
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               cache: KVCache | None = None, window: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.net.logits(ids, attention_mask, cache, window)
+               cache: KVCache | BlockKVCache | None = None,
+               window: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.net.logits(ids, attention_mask, cache, window, rows)
 
-    def new_cache(self) -> KVCache:
-        """An empty block KV cache for this model (filled by logits(ids, cache=c))."""
-        return KVCache(self.spec.num_layers)
+    def new_cache(self) -> KVCache | BlockKVCache:
+        """An empty cache for this model: the approximate canvas KVCache (bidirectional layouts,
+        filled by logits(ids, cache=c)) or the exact append-only BlockKVCache (block-causal)."""
+        return self.net.new_cache()
 
     def __repr__(self) -> str:
         where = self.checkpoint.folder if self.checkpoint is not None else "random weights"

@@ -9,17 +9,27 @@ Fast-dLLM threshold and factor decoding inside blocks; the block KV cache (prefi
 the finished block's K/V written late instead of a full refresh); early stop once a committed
 stop token has only masks after it; an optional fixed suffix after the masks (anchored
 infilling). Talks to the model only through `engine.model.Denoiser` (aligned logits,
-`new_cache()`, `window=(s, e)`, `tokens`), the contract in docs/architecture.md.
+`new_cache()`, `window=(s, e)`, `tokens`, `attention_block`), the contract in
+docs/architecture.md.
+
+Block diffusion (`cfg.block_loop`, for block-causal models): SDAR's `block_diffusion_generate`,
+Stable-DiffCoder's `generate_block` and Fast-dLLM v2's block + sub-block loop with its token
+shift, as published, over the exact block KV cache (or full recompute, `cache="none"`: the same
+tokens). Its phases are `block_plan` (canvas and blocks: how the prompt meets the first block),
+`_BlockRun.block_logits` / `next_token_logits` (the forwards), `*_propose` (tokens and
+confidences), `*_select` (which masked positions to commit) and `_BlockRun.commit` (the event).
 
 Must not: import rich/typer/git, decode text, or know which checkpoint layout the model has.
 Sources: ML-GSAI/LLaDA generate.py, DreamLM/Dream generation_utils.py, NVlabs/Fast-dLLM,
-Open-dCoder's `_mdm_sample`; docs/sampling.md explains every option and cites them.
+Open-dCoder's `_mdm_sample`, JetAstra/SDAR generate.py, ByteDance-Seed Stable-DiffCoder's
+`generate_block`, Fast-dLLM v2's `generate`; docs/sampling.md explains every option and cites them.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -27,7 +37,7 @@ import torch
 from ..config import DREAM_ALGS, LLADA_ALGS, REMASK_ALGS, SamplerConfig
 from ..errors import UsageError
 from ..events import DenoiseStep, SpecialTokens
-from .model import Denoiser
+from .model import Denoiser, attention_block
 
 CACHE_REFRESH = ("delayed", "block", "step")
 _ENTROPY_EPS = 1e-10  # Dream's sample_tokens: log(p + 1e-10)
@@ -52,6 +62,10 @@ def denoise(model: Denoiser, prompt_ids: Sequence[int] | torch.Tensor, cfg: Samp
         raise UsageError(f"unknown cache refresh {cache_refresh!r}; choose one of {', '.join(CACHE_REFRESH)}")
     prompt = prompt_tensor(prompt_ids, model)
     suffix = prompt_tensor(suffix_ids, model, "suffix") if suffix_ids is not None and len(suffix_ids) else None
+    block = attention_block(model)
+    if block is not None or cfg.block_loop is not None:
+        check_block_loop(cfg, block, suffix is not None)
+        return _BlockRun(model, prompt, cfg, _logits_fn(model, compile), start).steps()
     return _steps(model, prompt, suffix, cfg, cache_refresh, compile, start)
 
 
@@ -448,3 +462,329 @@ def _logits_fn(model: Denoiser, compile: bool) -> Callable[..., torch.Tensor]:
     if compile and torch.device(model.device).type == "cuda":
         return torch.compile(model.logits)  # shapes: full canvas, block, 2 blocks (prefix: shrinking)
     return model.logits
+
+
+# ---- block diffusion: SDAR, Stable-DiffCoder, Fast-dLLM v2 -----------------------------------
+
+def check_block_loop(cfg: SamplerConfig, block: int | None, has_suffix: bool) -> None:
+    """The model and the loop must agree: a block loop needs a block-causal model whose attention
+    block is cfg.block_length, and block-causal models decode only with a block loop."""
+    if block is None:
+        raise UsageError(f"the {cfg.block_loop} loop needs a block-causal model (SDAR, Stable-DiffCoder, "
+                         "Fast-dLLM v2); this model attends bidirectionally: leave block_loop unset")
+    if cfg.block_loop is None:
+        raise UsageError("this model attends block-causally and decodes with its own loop: use its recipe "
+                         "(dllm_cli.config.family_sampler(family, block), or SamplerConfig(block_loop=...))")
+    if cfg.block_length != block:
+        raise UsageError(f"this checkpoint attends in blocks of {block} tokens (config.json block_size / bd_size, "
+                         f"else its published block); --block-length must be {block}, not {cfg.block_length}")
+    if has_suffix:
+        raise UsageError("a block-diffusion model cannot fill a region between a prefix and a suffix (its "
+                         "attention is causal across blocks): use chat mode (--no-infill)")
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Where a block-diffusion run writes: canvas positions [prompt_len, end) are generated,
+    blocks are aligned at absolute position 0 (the prompt included), so the first block holds
+    the prompt's last prompt_len % B tokens before its masks, and the prompt's whole blocks are
+    prefilled once (with the block-causal mask)."""
+
+    prompt_len: int
+    end: int
+    blocks: tuple[tuple[int, int], ...]  # (start, end) of each decoded block
+    steps_per_block: int
+
+    @property
+    def prefill(self) -> int:
+        return self.blocks[0][0]
+
+
+def block_plan(cfg: SamplerConfig, prompt_len: int) -> BlockPlan:
+    """The canvas of each loop, as the official code builds it (G = gen_length, B = block):
+    sdar: ceil((P + G) / B) * B positions (it rounds the last block up); stable-diffcoder:
+    exactly P + G (its last block is cut to P mod B tokens); fast-dllm-v2: floor(P / B) * B + G
+    (G // B blocks from the block that holds the prompt's end). Steps per block:
+    steps // (G / B) (SDAR's denoising_steps; Stable-DiffCoder's steps // gen_blocks)."""
+    B, G, P = cfg.block, cfg.gen_length, prompt_len
+    first = P // B * B
+    if cfg.block_loop == "sdar":
+        end = -(-(P + G) // B) * B
+    elif cfg.block_loop == "stable-diffcoder":
+        end = P + G
+    else:
+        end = first + G
+    blocks = tuple((b, min(b + B, end)) for b in range(first, end, B))
+    return BlockPlan(P, end, blocks, max(1, cfg.total_steps // cfg.num_blocks))
+
+
+def sdar_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDAR's sample_with_temperature_topk_topp on the block's (L, V) logits -> x0, p(x0): ÷ T
+    (unless T = 1), top-k, then top-p, softmax, one multinomial draw per row. T = 0 is argmax with
+    p = softmax(logits)[argmax] (the official file has no greedy path; lmdeploy's and sglang's)."""
+    if cfg.temperature == 0:
+        probs = torch.softmax(lg, dim=-1)
+        x0 = torch.argmax(_without_mask(probs, mask_id, -1.0), dim=-1)
+        return x0, probs.gather(-1, x0[:, None])[:, 0]
+    logits = lg / cfg.temperature if cfg.temperature != 1 else lg
+    if cfg.top_k is not None:
+        logits = _top_k(logits, cfg.top_k)
+    if cfg.top_p is not None and cfg.top_p < 1:
+        logits = _top_p(logits, cfg.top_p)
+    probs = torch.softmax(logits, dim=-1)
+    x0 = _draw(probs, mask_id, gen)
+    return x0, probs.gather(-1, x0[:, None])[:, 0]
+
+
+def _draw(probs: torch.Tensor, mask_id: int, gen: torch.Generator) -> torch.Tensor:
+    """One multinomial draw per row of (L, V) probabilities, never the mask token (a row left with
+    nothing else, as random weights can give, draws uniformly from the other tokens)."""
+    w = _without_mask(probs, mask_id, 0.0)
+    dead = w.sum(-1, keepdim=True) <= 0
+    w = torch.where(dead, _without_mask(torch.ones_like(w), mask_id, 0.0), w)
+    return torch.multinomial(w, 1, generator=gen)[:, 0]
+
+
+def sdar_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None,
+                masks: int | None = None) -> torch.Tensor:
+    """SDAR's choice among the block's masked rows (conf: -inf elsewhere; `masks` their number,
+    when the caller knows it without a device sync). threshold None (low_confidence_static): the
+    top-k. threshold t (low_confidence_dynamic): every masked row with p > t (strict) if there are
+    at least k of them, else the top-k. k is clamped to the masks left: the official topk is not,
+    and overwrites prompt tokens in the first block when k exceeds them (docs/sampling.md)."""
+    k = min(k, int(masked.sum()) if masks is None else masks)
+    accept = torch.zeros_like(masked)
+    if k > 0:
+        accept[torch.topk(conf, k).indices] = True
+    if threshold is None:
+        return accept
+    high = (conf > threshold) & masked
+    return torch.where(high.sum() >= k, high, accept)  # on the device: no sync
+
+
+def sdc_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable-DiffCoder's _get_transfer_index proposal on the block's (L, V) logits -> x0 and its
+    confidence: argmax at T = 0, else Gumbel-max in float64 (argmax exp(l) / (-log u)^T, computed
+    as l - T log(-log u)); low_confidence: softmax(logits in float64)[x0]; random: U(0, 1)."""
+    pick = _without_mask(lg, mask_id)
+    if cfg.temperature > 0:
+        u = torch.rand(lg.shape, generator=gen, device=lg.device, dtype=torch.float64)
+        x0 = torch.argmax(pick.double() - cfg.temperature * torch.log(-torch.log(u)), dim=-1)
+    else:
+        x0 = torch.argmax(pick, dim=-1)
+    if cfg.alg == "random":
+        return x0, torch.rand(lg.shape[0], generator=gen, device=lg.device).double()
+    return x0, torch.softmax(lg.double(), dim=-1).gather(-1, x0[:, None])[:, 0]
+
+
+def sdc_select(conf: torch.Tensor, masked: torch.Tensor, k: int, threshold: float | None,
+               masks: int | None = None) -> torch.Tensor:
+    """Stable-DiffCoder's choice (conf: -inf outside the masked rows; `masks` their number): the
+    top-k without a threshold; with one, the most confident masked row plus every masked row with
+    p >= t (never fewer than k, the minimum that finishes the block within its steps: 1 whenever
+    steps >= masks, where this is the official rule)."""
+    accept = torch.zeros_like(masked)
+    m = int(masked.sum()) if masks is None else masks
+    order = torch.topk(conf, m if threshold is not None else min(k, m)).indices
+    accept[order] = True
+    if threshold is not None:
+        rank = torch.arange(m, device=conf.device)
+        accept[order] = (rank < max(1, k)) | (conf[order] >= threshold)
+    return accept
+
+
+def v2_propose(lg: torch.Tensor, cfg: SamplerConfig, mask_id: int,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fast-dLLM v2's sample_with_top_p on a sub-block's (L, V) logits -> x0, p(x0): T = 0 is the
+    argmax of the softmax; else softmax(l / T), top-p (probabilities past the nucleus set to 0,
+    the first always kept) renormalised, one multinomial draw per row."""
+    if cfg.temperature == 0:
+        probs = torch.softmax(lg, dim=-1)
+        x0 = torch.argmax(_without_mask(probs, mask_id, -1.0), dim=-1)
+        return x0, probs.gather(-1, x0[:, None])[:, 0]
+    probs = torch.softmax(lg / cfg.temperature, dim=-1)
+    if cfg.top_p is not None and cfg.top_p < 1:
+        sorted_p, order = torch.sort(probs, descending=True)
+        drop = torch.cumsum(sorted_p, dim=-1) > cfg.top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        probs = probs.masked_fill(torch.zeros_like(drop).scatter_(-1, order, drop), 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    x0 = _draw(probs, mask_id, gen)
+    return x0, probs.gather(-1, x0[:, None])[:, 0]
+
+
+def v2_select(conf: torch.Tensor, masked: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """Fast-dLLM v2's choice in a sub-block (conf: -inf outside its masked rows): every masked row
+    with p > t (strict) plus the most confident one; threshold None is its default t = 1 (exactly
+    one token per forward)."""
+    accept = conf > (1.0 if threshold is None else threshold)
+    accept[torch.argmax(conf)] = True
+    return accept & masked
+
+
+class _BlockRun:
+    """One block-diffusion denoise() run (batch 1): the canvas, the forwards over the exact
+    BlockKVCache (cfg.cache "exact") or full recomputes ("none"), the random stream, the events.
+
+    With the cache, every forward runs the positions the cache does not hold yet up to the
+    current block's end and keeps what precedes the block: the first one prefills the prompt,
+    each block's first one also writes the finished previous block's final K/V (one forward, not
+    the official extra one), and the block's own K/V are cropped away until it is finished.
+    Fast-dLLM v2's next-token step after a block is the forward that keeps it.
+    """
+
+    def __init__(self, model: Denoiser, prompt: torch.Tensor, cfg: SamplerConfig,
+                 call: Callable[..., torch.Tensor], start: float):
+        self.model, self.cfg, self.call, self.start = model, cfg, call, start
+        self.plan = block_plan(cfg, prompt.numel())
+        self.mask, self.P = model.tokens.mask, prompt.numel()
+        self.x = torch.full((1, self.plan.end), self.mask, dtype=torch.long, device=prompt.device)
+        self.x[0, :self.P] = prompt
+        self.tokens = [self.mask] * (self.plan.end - self.P)  # host copy of x[0, P:end]
+        self.cache = model.new_cache() if cfg.cache == "exact" else None
+        self.gen = generator(prompt.device, cfg.seed)
+        self.forwards = self.index = 0
+
+    # ---- forwards ------------------------------------------------------------------------
+
+    def block_logits(self, bs: int, be: int, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        """(b - a, V) fp32 aligned logits of positions rows = (a, b) (default: the block), from a
+        forward of the block [bs, be) given everything before it."""
+        a, b = rows or (bs, be)
+        self.forwards += 1
+        if self.cache is None:
+            return self.call(self.x[:, :be], window=(bs, be), rows=(a, b))[0].float()
+        s = self.cache.length
+        out = self.call(self.x[:, :be], cache=self.cache, window=(s, be), rows=(a, b))
+        self.cache.crop(bs)
+        return out[0].float()
+
+    def next_token_logits(self, pos: int) -> torch.Tensor:
+        """(V,) fp32 logits that score position `pos` from the positions before it (Fast-dLLM v2's
+        next-token step: the last query of the finished block or prompt, shifted); with the cache
+        this forward also keeps everything before `pos`."""
+        self.forwards += 1
+        if self.cache is None:
+            return self.call(self.x[:, :pos + 1], window=(pos - 1, pos + 1), rows=(pos, pos + 1))[0, -1].float()
+        s = self.cache.length
+        out = self.call(self.x[:, :pos + 1], cache=self.cache, window=(s, pos + 1), rows=(pos, pos + 1))
+        self.cache.crop(pos)
+        return out[0, -1].float()
+
+    # ---- commit and events ---------------------------------------------------------------
+
+    def masked(self, bs: int, be: int) -> torch.Tensor:
+        """(be - bs,) bool, device: the block's rows still masked."""
+        return self.x[0, bs:be] == self.mask
+
+    def masks_left(self, bs: int, be: int) -> int:
+        """How many of [bs, be) are masked, from the host copy (prompt positions never are)."""
+        return self.tokens[max(bs, self.P) - self.P:max(be, self.P) - self.P].count(self.mask)
+
+    def commit(self, bs: int, accept: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor) -> DenoiseStep:
+        """Write x0 where accept (rows of the block at bs), then early stop; one host sync."""
+        n = accept.numel()
+        self.x[0, bs:bs + n] = torch.where(accept, x0, self.x[0, bs:bs + n])  # no boolean indexing: no sync
+        flags, toks, ps = torch.stack([accept.double(), x0.double(), prob.double()]).tolist()
+        revealed, probs = [], []
+        for j, (f, t, p) in enumerate(zip(flags, toks, ps)):
+            if f:
+                self.tokens[bs + j - self.P] = int(t)
+                revealed.append(bs + j - self.P)
+                probs.append(p)
+        return self.event(revealed, probs)
+
+    def event(self, revealed: list[int], probs: list[float]) -> DenoiseStep:
+        fill = _early_stop_fill(self.tokens, self.mask, self.model.tokens.stops) if self.cfg.early_stop else []
+        for pos in fill:
+            self.tokens[pos] = self.model.tokens.eos
+        revealed, probs = _merge(revealed, probs, fill)
+        done = self.mask not in self.tokens
+        step = DenoiseStep(self.index, list(self.tokens), revealed, probs, self.forwards,
+                           time.perf_counter() - self.start, done)
+        self.index += 1
+        return step
+
+    # ---- the loops ------------------------------------------------------------------------
+
+    def steps(self) -> Iterator[DenoiseStep]:
+        loop = {"sdar": self.sdar_block, "stable-diffcoder": self.sdc_block, "fast-dllm-v2": self.v2_block}
+        decode = loop[str(self.cfg.block_loop)]
+        blocks = self.plan.blocks
+        if self.cfg.block_loop == "fast-dllm-v2" and self.plan.prefill == self.P:
+            step = self.next_token(self.P)  # whole blocks of prompt: their next token, AR-style, starts block 1
+            yield step
+            if step.done:
+                return
+        for n, (bs, be) in enumerate(blocks):
+            for step in decode(bs, be):
+                yield step
+                if step.done:
+                    return
+            if self.cfg.block_loop == "fast-dllm-v2" and n + 1 < len(blocks):
+                step = self.next_token(be)
+                yield step
+                if step.done:
+                    return
+        assert self.mask not in self.tokens, "every block loop ends with no masks left"
+
+    def sdar_block(self, bs: int, be: int) -> Iterator[DenoiseStep]:
+        """JetAstra/SDAR block_diffusion_generate, one block: a transfer schedule over the block
+        length (llada_schedule(B, steps)), then per step: forward, sample every row, commit."""
+        counts = llada_schedule(self.cfg.block, self.plan.steps_per_block)
+        for k in counts:
+            m = self.masks_left(bs, be)
+            if m == 0:
+                return
+            masked = self.masked(bs, be)
+            lg = self.block_logits(bs, be)
+            x0, prob = sdar_propose(lg, self.cfg, self.mask, self.gen)
+            conf = prob if self.cfg.alg != "random" else torch.rand(prob.shape, generator=self.gen,
+                                                                    device=prob.device).to(prob.dtype)
+            conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
+            yield self.commit(bs, sdar_select(conf, masked, k, self.cfg.threshold, m), x0, prob)
+
+    def sdc_block(self, bs: int, be: int) -> Iterator[DenoiseStep]:
+        """Stable-DiffCoder generate_block, one block: a transfer schedule over the block's masks
+        (llada_schedule(masks, steps_per_block)); steps whose count is 0 run no forward."""
+        counts = llada_schedule(self.masks_left(bs, be), self.plan.steps_per_block)
+        left = sum(1 for c in counts if c > 0)
+        for k in counts:
+            m = self.masks_left(bs, be)
+            if m == 0:
+                return
+            if k == 0:
+                continue
+            masked = self.masked(bs, be)
+            lg = self.block_logits(bs, be)
+            x0, score = sdc_propose(lg, self.cfg, self.mask, self.gen)
+            conf = torch.where(masked, score, torch.full_like(score, -torch.inf))
+            need = -(-m // left)  # threshold mode: enough to finish within the steps left
+            left -= 1
+            accept = sdc_select(conf, masked, k if self.cfg.threshold is None else need, self.cfg.threshold, m)
+            prob = score if self.cfg.alg != "random" else torch.softmax(lg, -1).gather(-1, x0[:, None])[:, 0]
+            yield self.commit(bs, accept, x0, prob)
+
+    def v2_block(self, bs: int, be: int) -> Iterator[DenoiseStep]:
+        """Fast-dLLM v2 generate, one block: its sub-blocks left to right, each until no mask is
+        left; every forward runs the whole block and uses the sub-block's (shifted) rows."""
+        sub = self.cfg.sub_block_length or self.cfg.block
+        for ss in range(bs, be, sub):
+            se = min(ss + sub, be)
+            while self.masks_left(ss, se):
+                masked = self.masked(ss, se)
+                lg = self.block_logits(bs, be, rows=(ss, se))
+                x0, prob = v2_propose(lg, self.cfg, self.mask, self.gen)
+                conf = torch.where(masked, prob, torch.full_like(prob, -torch.inf))
+                yield self.commit(ss, v2_select(conf, masked, self.cfg.threshold), x0, prob)
+
+    def next_token(self, pos: int) -> DenoiseStep:
+        """Fast-dLLM v2: the token at `pos` (a block's first) by argmax of the logits of the
+        position before it, always greedy, as the official loop appends it."""
+        probs = torch.softmax(self.next_token_logits(pos)[None], dim=-1)  # (1, V)
+        x0 = torch.argmax(_without_mask(probs, self.mask, -1.0), dim=-1)
+        return self.commit(pos, torch.ones(1, dtype=torch.bool, device=probs.device), x0,
+                           probs.gather(-1, x0[:, None])[:, 0])

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import catalog, discovery, infill
+from ..config import family_sampler
 from ..errors import DllmError, UsageError
 from ..tokenizer import Tokenizer
 from ..ui import Ui
@@ -122,7 +123,8 @@ def serve(opts: ServeOptions, ui: Ui, home: Path) -> None:
     dtype = str(getattr(model, "dtype", "float32")).replace("torch.", "")
     served = Served(model=ckpt.name, tokenizer=tokenizer, tokens=backend.tokens,
                     context_length=ckpt.context_length, infill_window=min(ckpt.context_length, infill.CONTEXT_CAP),
-                    dreamon=backend.tokens.expand is not None)
+                    dreamon=backend.tokens.expand is not None,
+                    base=family_sampler(ckpt.family, ckpt.attention_block), can_infill=ckpt.attention_block is None)
     worker = Worker(backend, capacity=opts.queue)
     instance = discovery.new_instance()
     app = create_app(served, worker, api_key=opts.api_key, instance=instance)

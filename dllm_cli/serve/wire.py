@@ -65,6 +65,8 @@ class Served:
     context_length: int
     infill_window: int  # positions one fill-in-the-middle canvas may span
     dreamon: bool = False  # infill grows and shrinks the canvas (no increments until the end)
+    base: SamplerConfig = field(default_factory=SamplerConfig)  # the checkpoint family's recipe
+    can_infill: bool = True  # False for block-diffusion models (causal across blocks: no suffix)
     created: int = field(default_factory=lambda: int(time.time()))
 
     def model_card(self) -> dict[str, Any]:
@@ -107,7 +109,7 @@ def parse_chat(body: Mapping[str, Any], served: Served) -> Call:
     except DllmError as err:
         raise WireError(400, str(err), param="messages") from None
     ids = served.tokenizer.encode(text)
-    cfg = sampler(body, served.context_length - len(ids))
+    cfg = sampler(body, served.context_length - len(ids), served.base)
     _check_context(len(ids), cfg.gen_length, served, "messages")
     return Call("chat", Request(tuple(ids), messages=messages), cfg, **_reply_options(body))
 
@@ -128,14 +130,17 @@ def parse_completion(body: Mapping[str, Any], served: Served) -> Call:
     tok = served.tokenizer
     if suffix is None:
         ids = tok.encode(prompt)
-        cfg = sampler(body, served.context_length - len(ids))
+        cfg = sampler(body, served.context_length - len(ids), served.base)
         if not ids:
             raise WireError(400, "'prompt' is empty; a completion continues a prompt (with 'suffix': fill "
                             "in the middle)", param="prompt")
         _check_context(len(ids), cfg.gen_length, served, "prompt")
         request = Request(tuple(ids), prefix=prompt)
     else:
-        cfg = sampler(body, served.infill_window // 2)
+        if not served.can_infill:
+            raise WireError(400, f"`{served.model}` is a block-diffusion model (attention causal across blocks): "
+                            "it cannot fill in the middle; send the prompt without 'suffix'", param="suffix")
+        cfg = sampler(body, served.infill_window // 2, served.base)
         try:
             pre, suf = infill.canvas(tok.encode(prompt), tok.encode(suffix), cfg.gen_length,
                                      served.infill_window, served.tokens.eos)
@@ -159,11 +164,13 @@ def check_model(body: Mapping[str, Any], served: Served) -> None:
                         "(GET /v1/models)", code="model_not_found", param="model")
 
 
-def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS) -> SamplerConfig:
-    """The SamplerConfig a request asks for: max_tokens (or max_completion_tokens; without
-    either, 128 or the `room` left in the context if less), temperature, top_p, seed, and the
-    extension object {"dllm": {steps, block_length, threshold, alg}}; the same rules as
-    `dllm code`'s options (0 turns block_length / threshold off)."""
+def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS,
+            base: SamplerConfig | None = None) -> SamplerConfig:
+    """The SamplerConfig a request asks for, over `base` (the served checkpoint family's recipe,
+    as `dllm code` starts from it): max_tokens (or max_completion_tokens; without either, 128 or
+    the `room` left in the context if less), temperature, top_p, seed, and the extension object
+    {"dllm": {steps, block_length, threshold, alg}}; the same rules as `dllm code`'s options (0
+    turns block_length / threshold off)."""
     ext = body.get("dllm")
     if ext is None:
         ext = {}
@@ -181,7 +188,7 @@ def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS) -> SamplerC
         raise WireError(400, "'dllm.alg' must be a string", param="dllm.alg")
     try:
         cfg = SamplerConfig.from_options(
-            gen_length=max_tokens or max(1, min(DEFAULT_MAX_TOKENS, room)), steps=_int(ext, "steps", 1, "dllm."),
+            base, gen_length=max_tokens or max(1, min(DEFAULT_MAX_TOKENS, room)), steps=_int(ext, "steps", 1, "dllm."),
             block_length=_int(ext, "block_length", 0, "dllm."), temperature=temperature,
             threshold=_number(ext, "threshold", 0.0, 1.0, "dllm."), seed=seed, alg=alg)
         return cfg.with_(top_p=top_p) if top_p is not None else cfg

@@ -2,16 +2,25 @@
 never from the folder name); LAYOUTS maps that name to its module (spec_from_config, the model
 class, HEAD_NAME). Each module's MODEL_TYPES / ARCHITECTURES must equal catalog.LAYOUT_TYPES
 (a test checks it): catalog.py, which must not import torch, keeps the table.
+
+Bidirectional (2025): dream (Qwen2 names), llada (OLMo names). Block-causal, with the exact
+block KV cache: sdar (Qwen3 names), stable-diffcoder (Llama names), fast-dllm-v2 (Qwen2 names);
+the last three share decoder.py's HF names and common.py's attention and caches.
+Must not: read files or sample.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import dream, llada
-from .common import DiffusionModel, KVCache, ModelSpec
+from . import dream, fast_dllm_v2, llada, sdar, stable_diffcoder
+from .common import BlockKVCache, DiffusionModel, KVCache, ModelSpec
 
-LAYOUTS: dict[str, ModuleType] = {"dream": dream, "llada": llada}
-MODEL_CLASSES: dict[str, type[DiffusionModel]] = {"dream": dream.DreamModel, "llada": llada.LLaDAModel}
+LAYOUTS: dict[str, ModuleType] = {"dream": dream, "llada": llada, "sdar": sdar,
+                                  "stable-diffcoder": stable_diffcoder, "fast-dllm-v2": fast_dllm_v2}
+MODEL_CLASSES: dict[str, type[DiffusionModel]] = {
+    "dream": dream.DreamModel, "llada": llada.LLaDAModel, "sdar": sdar.SDARModel,
+    "stable-diffcoder": stable_diffcoder.StableDiffCoderModel, "fast-dllm-v2": fast_dllm_v2.FastDLLMv2Model,
+}
 
-__all__ = ["DiffusionModel", "KVCache", "ModelSpec", "LAYOUTS", "MODEL_CLASSES"]
+__all__ = ["BlockKVCache", "DiffusionModel", "KVCache", "ModelSpec", "LAYOUTS", "MODEL_CLASSES"]

@@ -1,13 +1,21 @@
-"""Blocks shared by the layouts: RMSNorm, RoPE, bidirectional attention, SwiGLU, the block
-KV cache, the `DiffusionModel` base class (the network: `logits`, `hidden`, `head`), and
+"""Blocks shared by the layouts: RMSNorm, RoPE, attention (bidirectional or block-causal), SwiGLU,
+the two KV caches, the `DiffusionModel` base class (the network: `logits`, `hidden`, `head`), and
 `config_int` (a checked config.json value) for the layouts' spec_from_config.
 
-Knows: the maths of a LLaMA-like block with fully bidirectional attention (the only mask is
-padding), the alignment rule (returned logits index i score token i; shifted layouts are
-realigned here), and the windowed forward over a KV cache. Must not: read files, sample,
-know tensor names (each layout module names its own parameters), or know token ids (the
-`engine.model.Model` handle carries them). Gradients flow (training uses the same network);
-inference goes through the handle, which runs it under no_grad.
+Knows: the maths of a LLaMA-like block; the two attention patterns a layout can have:
+  * bidirectional (the 2025 families: the only mask is padding), with the approximate
+    canvas-sized `KVCache` (Fast-dLLM: windows overwrite what they query, the rest is stale);
+  * block-causal (`ModelSpec.block_size` = B: SDAR, Stable-DiffCoder, Fast-dLLM v2): query i sees
+    key j iff j // B <= i // B, blocks aligned at absolute position 0, the prompt included, with
+    the exact append-only `BlockKVCache` (a finished block's K/V never change);
+the alignment rule (returned logits index i score token i; shifted layouts are realigned here),
+and the windowed forward over either cache. A layout supplies its blocks (`layers()`); they call
+`attention(...)` (or `attend(...)` with their own q/k/v, e.g. a fused QKV), so the attention
+pattern and the caches are the same for every layout, dense or MoE.
+Must not: read files, sample, know tensor names (each layout module names its own parameters),
+or know token ids (the `engine.model.Model` handle carries them). Gradients flow (training uses
+the same network); inference goes through the handle, which runs it under no_grad. Nothing here
+needs flash-attn or flex-attention: SDPA with a boolean mask (None when nothing is masked).
 
 The forward is the hot path: no host syncs, no Python loops over tokens.
 """
@@ -45,11 +53,18 @@ class ModelSpec:
     tied: bool  # head shares the embedding matrix
     qkv_bias: bool
     n_params: int = 0
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3 / SDAR)
+    block_size: int | None = None  # None: bidirectional; B: block-causal, blocks of B from position 0
+
+    @property
+    def block_causal(self) -> bool:
+        return self.block_size is not None
 
     def param_count(self) -> int:
         """Parameters implied by the shape (what n_params will be once built)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         attn = 2 * q * h + 2 * kv * h + (q + 2 * kv if self.qkv_bias else 0)  # q, o, k, v (+ biases)
+        attn += 2 * self.head_dim if self.qk_norm else 0
         layer = attn + 3 * h * self.intermediate_size + 2 * h
         head = 0 if self.tied else self.vocab_size * h
         return self.vocab_size * h + self.num_layers * layer + h + head
@@ -143,36 +158,122 @@ class KVCache:
         return self.keys[layer], self.values[layer]
 
 
+class BlockKVCache:
+    """The exact cache of a block-causal model: per-layer keys/values (B, KV, n, d) of positions
+    0..n-1, append-only. A forward that starts at position n (the cache's length) appends its
+    fresh K/V; `crop(m)` forgets everything from m on. Because attention is causal across blocks,
+    the K/V of a finished block never change: the prompt is written once, each block is denoised
+    against the cache of everything before it (its own K/V appended and cropped away again), and
+    a finished block's K/V are kept. Storage grows by doubling (no copy per step).
+    """
+
+    def __init__(self, num_layers: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self._lengths = [0] * num_layers
+
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def length(self) -> int:
+        """Positions 0..length-1 are cached (every layer holds the same number after a forward)."""
+        return self._lengths[0]
+
+    def clear(self) -> None:
+        self.crop(0)
+
+    def crop(self, n: int) -> None:
+        """Keep positions 0..n-1 only (n <= length)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} positions to {n}")
+        self._lengths = [min(m, n) for m in self._lengths]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int,
+               full: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, KV, t, d) of positions start..start+t-1 (start must be the layer's
+        length); return the layer's K, V of positions 0..start+t-1."""
+        n = self._lengths[layer]
+        if start != n:
+            raise ValueError(f"the cache holds {n} positions; a forward over it must start at {n}, not {start}")
+        end = n + k.shape[2]
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None or values is None or keys.shape[2] < end or keys.shape[:2] != k.shape[:2]:
+            if keys is not None and n and keys.shape[:2] != k.shape[:2]:
+                raise ValueError("the batch of a forward must match the cache's")
+            cap = max(end, 2 * (keys.shape[2] if keys is not None else 0), 64)
+            new_k = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            new_v = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
+            if keys is not None and values is not None and n:
+                new_k[:, :, :n] = keys[:, :, :n]
+                new_v[:, :, :n] = values[:, :, :n]
+            keys, values = self.keys[layer], self.values[layer] = new_k, new_v
+        keys[:, :, n:end] = k
+        values[:, :, n:end] = v
+        self._lengths[layer] = end
+        return keys[:, :, :end], values[:, :, :end]
+
+
+def block_causal_mask(q_start: int, q_end: int, k_end: int, block: int,
+                      device: torch.device | None = None) -> torch.Tensor | None:
+    """(1, 1, q_end - q_start, k_end) bool, True = attend: query at absolute position i sees the
+    key at j iff j // block <= i // block (bidirectional inside a block, causal across blocks,
+    blocks aligned at position 0). None when nothing is masked (queries of one block over the
+    keys up to its end: every denoising step with the exact cache), so SDPA takes its fast path."""
+    if q_start // block >= (k_end - 1) // block:
+        return None
+    q = torch.arange(q_start, q_end, device=device) // block
+    k = torch.arange(k_end, device=device) // block
+    return (k[None, :] <= q[:, None])[None, None]
+
+
 @dataclass
 class ForwardContext:
-    """What every layer of one forward needs: rotary tables, key mask, cache and window."""
+    """What every layer of one forward needs: rotary tables, attention mask, cache and window."""
 
     cos: torch.Tensor  # (B|1, 1, t, d) fp32
     sin: torch.Tensor
-    key_mask: torch.Tensor | None  # (B, 1, 1, T) bool, True = attend; None = attend to all
-    cache: KVCache | None
+    mask: torch.Tensor | None  # bool, True = attend: (B, 1, 1, T) padding, (B|1, 1, t, T) block-causal; None = all
+    cache: "KVCache | BlockKVCache | None"
     start: int  # first query position in the canvas
     full: bool  # queries cover the whole canvas
 
 
 def attention(h: torch.Tensor, q_proj: nn.Linear, k_proj: nn.Linear, v_proj: nn.Linear,
-              o_proj: nn.Linear, spec: ModelSpec, ctx: ForwardContext, layer: int) -> torch.Tensor:
-    """Bidirectional multi-head (or grouped-query) attention of h (B, t, hidden)."""
+              o_proj: nn.Linear, spec: ModelSpec, ctx: ForwardContext, layer: int,
+              q_norm: nn.Module | None = None, k_norm: nn.Module | None = None) -> torch.Tensor:
+    """Multi-head (or grouped-query) attention of h (B, t, hidden) with the context's pattern.
+    q_norm / k_norm: per-head RMSNorms applied before RoPE (Qwen3 / SDAR)."""
     B, t, _ = h.shape
     H, KV, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
-    q = q_proj(h).view(B, t, H, d).transpose(1, 2)  # (B, H, t, d)
-    k = k_proj(h).view(B, t, KV, d).transpose(1, 2)  # (B, KV, t, d)
+    q = q_proj(h).view(B, t, H, d)
+    k = k_proj(h).view(B, t, KV, d)
+    if q_norm is not None and k_norm is not None:
+        q, k = q_norm(q), k_norm(k)
+    q = q.transpose(1, 2)  # (B, H, t, d)
+    k = k.transpose(1, 2)  # (B, KV, t, d)
     v = v_proj(h).view(B, t, KV, d).transpose(1, 2)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    return o_proj(attend(q, k, v, spec, ctx, layer))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: ModelSpec, ctx: ForwardContext,
+           layer: int) -> torch.Tensor:
+    """Rotated q (B, H, t, d), k and v (B, KV, t, d) -> (B, t, H*d): the cache update, the
+    context's mask and SDPA. For layouts that build q/k/v their own way (fused QKV, partial RoPE)."""
+    B, H, t, d = q.shape
+    KV = k.shape[1]
     if ctx.cache is not None:
-        k, v = ctx.cache.update(layer, k, v, ctx.start, ctx.full)
-    gqa = KV != H and ctx.key_mask is None and _SDPA_GQA
+        keys, values = ctx.cache.update(layer, k, v, ctx.start, ctx.full)
+        assert keys is not None and values is not None
+        k, v = keys, values
+    gqa = KV != H and ctx.mask is None and _SDPA_GQA
     if KV != H and not gqa:  # explicit repeat: masked fused kernels (and old torch) want H heads
         k = k.repeat_interleave(H // KV, dim=1)
         v = v.repeat_interleave(H // KV, dim=1)
     kwargs = {"enable_gqa": True} if gqa else {}
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.key_mask, is_causal=False, **kwargs)
-    return o_proj(out.transpose(1, 2).reshape(B, t, H * d))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=False, **kwargs)
+    return out.transpose(1, 2).reshape(B, t, H * d)
 
 
 def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:
@@ -230,15 +331,29 @@ class DiffusionModel(nn.Module):
     def embed_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def new_cache(self) -> "KVCache | BlockKVCache":
+        """An empty cache of the kind this attention pattern allows: the exact `BlockKVCache` for a
+        block-causal layout, the approximate canvas `KVCache` for a bidirectional one."""
+        if self.spec.block_causal:
+            return BlockKVCache(self.spec.num_layers)
+        return KVCache(self.spec.num_layers)
+
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               cache: KVCache | None = None, window: tuple[int, int] | None = None) -> torch.Tensor:
+               cache: "KVCache | BlockKVCache | None" = None,
+               window: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> torch.Tensor:
         """ids (B, T) -> aligned logits (B, T, V), or (B, e-s, V) for window=(s, e).
 
-        attention_mask (B, T): 1 for real tokens, 0 for padding (keys only; bidirectional).
-        cache: a full pass writes every K/V into it; with window=(s, e) only positions
-        s..e-1 are queried, their fresh K/V overwrite the cache's, and keys elsewhere come
-        from the cache (which must hold this canvas length).
+        attention_mask (B, T): 1 for real tokens, 0 for padding (keys only).
+        Bidirectional layouts: a full pass with a cache writes every K/V into it; with
+        window=(s, e) only positions s..e-1 are queried, their fresh K/V overwrite the cache's,
+        and keys elsewhere come from the cache (which must hold this canvas length).
+        Block-causal layouts (`spec.block_size`): the checkpoint's own pattern, always; see
+        `_block_logits` for the exact cache.
         """
+        if self.spec.block_causal:
+            return self._block_logits(ids, attention_mask, cache, window, rows)
+        if rows is not None:
+            raise ValueError("rows=(a, b) is for block-causal layouts")
         T = ids.shape[1]
         s, e = (0, T) if window is None else window
         if window is not None:
@@ -252,17 +367,57 @@ class DiffusionModel(nn.Module):
             x = x[:, :-1] if qs < s else torch.cat((x[:, :1], x[:, :-1]), dim=1)
         return self.head(x)
 
+    def _block_logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      cache: "KVCache | BlockKVCache | None", window: tuple[int, int] | None,
+                      rows: tuple[int, int] | None) -> torch.Tensor:
+        """The block-causal forward. Keys never lie past the queries' block, so `ids` needs to
+        cover positions 0..e-1 only.
+
+        no cache: a full pass over 0..e-1; the head runs only on the window's rows.
+        cache (a BlockKVCache holding positions 0..n-1): queries at n..e-1 (window=(n, e); no
+        window: n must be 0), keys are the cache's plus the fresh ones, which are appended to
+        it (`cache.crop(m)` forgets them again). Exact: the same logits as without a cache.
+        Shifted layouts (Fast-dLLM v2) realign inside the window: position s + j is scored by
+        the hidden state of s + j - 1 (j >= 1) and position s by its own, as the official loop
+        shifts a block's logits; with s = 0 this is the full pass's alignment.
+        rows=(a, b) inside the window: the head scores positions a..b-1 only (every window row is
+        still computed and its K/V written): (B, b-a, V).
+        """
+        T = ids.shape[1]
+        s, e = (0, T) if window is None else window
+        if not 0 <= s < e <= T:
+            raise ValueError(f"window=({s}, {e}) is outside the canvas of {T} positions")
+        a, b = (s, e) if rows is None else rows
+        if not s <= a < b <= e:
+            raise ValueError(f"rows=({a}, {b}) are outside the window ({s}, {e})")
+        if cache is None:
+            x = self._states(ids, attention_mask, None, 0, e, full=True)[:, s:]
+        else:
+            if not isinstance(cache, BlockKVCache):
+                raise ValueError("a block-causal model needs its own cache: use model.new_cache()")
+            if cache.length != s:
+                raise ValueError(f"window=({s}, {e}) must start where the cache ends ({cache.length})")
+            x = self._states(ids, attention_mask, cache, s, e, full=False)
+        if self.spec.shifted:
+            x = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+        return self.head(x[:, a - s:b - s])
+
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, T) -> the final normed hidden states (B, T, hidden), unshifted: for a shifted
-        layout, position i-1 scores token i (training scores only the masked positions)."""
+        layout, position i-1 scores token i (training scores only the masked positions). The
+        checkpoint's attention pattern applies (block-causal layouts: their block mask)."""
         return self._states(ids, None, None, 0, ids.shape[1], full=True)
 
-    def _states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: KVCache | None,
-                qs: int, e: int, full: bool) -> torch.Tensor:
-        key_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+    def _states(self, ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache: "KVCache | BlockKVCache | None", qs: int, e: int, full: bool) -> torch.Tensor:
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        if self.spec.block_size is not None:  # keys end with the queries' block: 0..e-1
+            mask = None if mask is None else mask[..., :e]
+            pattern = block_causal_mask(qs, e, e, self.spec.block_size, ids.device)
+            mask = pattern if mask is None else (mask if pattern is None else mask & pattern)
         pos = self.positions(ids, attention_mask)[..., qs:e]
         cos, sin = rope_cos_sin(pos, self.inv_freq(ids.device))
-        ctx = ForwardContext(cos, sin, key_mask, cache, qs, full=full)
+        ctx = ForwardContext(cos, sin, mask, cache, qs, full=full)
         x = self.embed(ids[:, qs:e])
         for i, block in enumerate(self.layers()):
             x = block(x, self.spec, ctx, i)
