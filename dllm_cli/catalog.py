@@ -41,6 +41,12 @@ LAYOUT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "llada2-moe": (("llada2_moe",), ("LLaDA2MoeModelLM",)),
     "sdar-moe": (("sdar_moe",), ("SDARMoeForCausalLM",)),
 }
+# model_types dllm recognises and refuses, with the reason (the loader and `dllm models` say it).
+REFUSED_MODEL_TYPES: dict[str, str] = {
+    "llada2_moe_veomni": ("dFactory's LLaDA2 training layout: its experts are fused 3-D tensors "
+                          "(mlp.experts.gate_proj / up_proj / down_proj) that only its veomni code reads; "
+                          "use the Hugging Face release (model_type llada2_moe, one tensor per expert)"),
+}
 # model_types that autoregressive checkpoints use too: the class name (architectures or an
 # auto_map entry) must also name the diffusion model, or the folder is refused.
 SHARED_MODEL_TYPES = frozenset({"llama"})
@@ -280,6 +286,11 @@ def with_llada2_family(config: dict[str, Any], layout: str | None, folder: Path)
     return {**config, "dllm_family": "llada2.1"} if "editing_threshold" in text else config
 
 
+def refusal(config: Mapping[str, Any]) -> str | None:
+    """Why dllm refuses a model_type it recognises (REFUSED_MODEL_TYPES), else None."""
+    return REFUSED_MODEL_TYPES.get(str(config.get("model_type") or "").lower())
+
+
 def supported_model_types() -> list[str]:
     return [t for types, _ in LAYOUT_TYPES.values() for t in types]
 
@@ -477,6 +488,9 @@ def checkpoint_problem(ckpt: Checkpoint) -> tuple[str, str] | None:
     folder = ckpt.folder
     if ckpt.layout is None:
         kind = ckpt.config.get("model_type") or ckpt.config.get("architectures") or "?"
+        why = refusal(ckpt.config)
+        if why:
+            return "unsupported", f"model_type {kind}: {why}"
         return "unsupported", (f"model_type {kind} is not a layout dllm runs "
                                f"(supported: {', '.join(supported_model_types())})")
     files: list[Path] = []

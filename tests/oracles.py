@@ -477,7 +477,7 @@ def glm4moe_state_dict(sd: dict[str, torch.Tensor], c: dict) -> dict[str, torch.
 
 def glm4moe_reference(folder: Path):
     """Glm4MoeForCausalLM with a LLaDA2 checkpoint's config and weights (eval, fp32, SDPA). A
-    LLaDA2 use_bias checkpoint gets a bias on o_proj (Glm4Moe has none)."""
+    The tensors are renamed as transformers' sarvam_moe conversion does."""
     import transformers
 
     c = json.loads((Path(folder) / "config.json").read_text())
@@ -494,10 +494,6 @@ def glm4moe_reference(folder: Path):
         routed_scaling_factor=c["routed_scaling_factor"], n_group=c["n_group"], topk_group=c["topk_group"],
         first_k_dense_replace=c["first_k_dense_replace"], norm_topk_prob=True, attn_implementation="sdpa")
     model = transformers.Glm4MoeForCausalLM(config).eval()
-    if c.get("use_bias", True):
-        for layer in model.model.layers:
-            old = layer.self_attn.o_proj
-            layer.self_attn.o_proj = torch.nn.Linear(old.in_features, old.out_features, bias=True)
     model.load_state_dict(glm4moe_state_dict(state_dict(folder), c), strict=not c["tie_word_embeddings"])
     if c["tie_word_embeddings"]:
         model.tie_weights()

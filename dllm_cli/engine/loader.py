@@ -114,6 +114,8 @@ PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
 def model_spec(config: Mapping[str, Any], where: str = "config.json", family: str | None = None) -> ModelSpec:
     """The layout and shape that config.json describes (CheckpointError if unsupported)."""
     layout = catalog.layout_of(config)
+    if layout is None and catalog.refusal(config):
+        raise CheckpointError(f"{where}: model_type {config.get('model_type')!r} is refused: {catalog.refusal(config)}")
     if layout is None:
         raise CheckpointError(
             f"{where}: model_type {config.get('model_type')!r} (architectures "

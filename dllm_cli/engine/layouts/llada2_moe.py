@@ -8,7 +8,7 @@ Used by inclusionAI/LLaDA2.0-mini, LLaDA2.1-mini (and -flash, same keys): `model
 loading needs no renaming): `model.word_embeddings.weight`; per layer `model.layers.N.` +
 `input_layernorm.weight`, `attention.query_key_value.weight` (rows: the q heads, then the k heads,
 then the v heads, each head_dim wide; `.bias` with use_qkv_bias), `attention.query_layernorm.weight`,
-`attention.key_layernorm.weight` (head_dim), `attention.dense.weight` (`.bias` with use_bias),
+`attention.key_layernorm.weight` (head_dim), `attention.dense.weight`,
 `post_attention_layernorm.weight`, then either `mlp.{gate,up,down}_proj.weight` (dense) or
 `mlp.gate.weight`, `mlp.gate.expert_bias`, `mlp.experts.E.{gate,up,down}_proj.weight`,
 `mlp.shared_experts.{gate,up,down}_proj.weight`; `model.norm.weight`; `lm_head.weight`.
@@ -41,15 +41,22 @@ ARCHITECTURES = ("LLaDA2MoeModelLM",)
 HEAD_NAME = "lm_head.weight"
 FP32_TENSORS = ("mlp.gate.expert_bias",)  # kept in fp32 whatever the load dtype (the source's buffer)
 
-# Keys whose value must be this for dllm to compute what the source computes (key -> (allowed, why)).
+# Keys whose value must be this for dllm to compute what the published modeling computes
+# (key -> (allowed, why)); where the HF modeling and sglang's port read a key differently, only the
+# value both agree on (the published configs' value) is accepted.
 _FIXED: dict[str, tuple[tuple[Any, ...], str]] = {
     "hidden_act": (("silu",), "only 'silu'"),
     "score_function": (("sigmoid",), "the published router is a sigmoid"),
     "use_rmsnorm": ((True,), "the published layers use RMSNorm"),
-    "norm_head": ((False,), "no published LLaDA2 checkpoint normalises its head"),
+    "norm_head": ((False,), "the HF modeling ignores it and sglang normalises lm_head; no published LLaDA2 sets it"),
     "norm_softmax": ((False,), "no published LLaDA2 checkpoint sets it"),
-    "norm_topk_prob": ((True,), "the published gate always normalises its top-k weights"),
-    "moe_router_enable_expert_bias": ((True,), "the published gate always adds mlp.gate.expert_bias"),
+    "norm_topk_prob": ((True,), "the HF gate always normalises the top-k weights (sglang follows the key); "
+                                "the published configs say true"),
+    "moe_router_enable_expert_bias": ((True,), "the HF gate always adds mlp.gate.expert_bias"),
+    "use_qk_norm": ((True,), "the HF modeling always applies query_layernorm / key_layernorm (sglang follows "
+                             "the key); the published configs say true or leave it out"),
+    "use_bias": ((False,), "the HF modeling puts it on attention.dense only, sglang also on query_key_value and "
+                           "the MLPs; no published LLaDA2 sets it"),
     "using_split_qkv_in_self_attention": ((False,), "dllm reads the fused query_key_value"),
     "use_sliding_window": ((False,), "sliding-window attention is not part of LLaDA2"),
     "router_dtype": (("fp32", "float32"), "the published gate computes in fp32"),
@@ -68,15 +75,11 @@ def spec_from_config(cfg: Mapping[str, Any], where: str = "config.json", family:
         raise CheckpointError(f"{where}: rope_scaling {cfg['rope_scaling']!r} is not supported by dllm's LLaDA2 "
                               "layout (the published checkpoints have none)")
     if "use_bias" not in cfg:
-        raise CheckpointError(f"{where}: no 'use_bias' key; LLaDA2's class default (true) would put a bias on "
-                              "attention.dense, which the published configs turn off: add \"use_bias\": false "
-                              "(or true if the weights hold attention.dense.bias)")
-    flags = {}
-    for key, default in (("use_bias", True), ("use_qkv_bias", False), ("use_qk_norm", True)):
-        value = cfg.get(key, default)
-        if not isinstance(value, bool):
-            raise CheckpointError(f"{where}: {key} {value!r} is not true or false; fix config.json")
-        flags[key] = value
+        raise CheckpointError(f"{where}: no 'use_bias' key; LLaDA2's config class defaults it to true (biases), "
+                              "which the published configs turn off: add \"use_bias\": false to config.json")
+    qkv_bias = cfg.get("use_qkv_bias", False)
+    if not isinstance(qkv_bias, bool):
+        raise CheckpointError(f"{where}: use_qkv_bias {qkv_bias!r} is not true or false; fix config.json")
     hidden, heads = get("hidden_size"), get("num_attention_heads")
     kv = get("num_key_value_heads")
     if heads % kv:
@@ -93,7 +96,10 @@ def spec_from_config(cfg: Mapping[str, Any], where: str = "config.json", family:
         raise CheckpointError(f"{where}: head_dim {head_dim} x partial_rotary_factor {factor} gives {rotary} "
                               f"rotary dims (rotary_dim says {cfg.get('rotary_dim')!r}); they must agree and be even")
     layers = get("num_hidden_layers")
-    experts = cfg.get("num_experts")
+    if "num_experts" not in cfg:
+        raise CheckpointError(f"{where}: no 'num_experts' key (LLaDA2's config class would give 16 experts); "
+                              "fix config.json (null: every layer dense)")
+    experts = cfg["num_experts"]
     sparse: tuple[bool, ...]
     if experts is None:  # the source: no experts, every layer dense
         sparse, experts, k, moe_inter, shared, groups, top_groups = (False,) * layers, 0, 0, 0, 0, 1, 1
@@ -121,12 +127,11 @@ def spec_from_config(cfg: Mapping[str, Any], where: str = "config.json", family:
         layout="llada2-moe", family=family, vocab_size=get("vocab_size"), hidden_size=hidden, num_layers=layers,
         num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate_size=inter,
         rope_theta=float(cfg.get("rope_theta", 10000.0)), rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        shifted=False, tied=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=flags["use_qkv_bias"],
-        qk_norm=flags["use_qk_norm"], block_size=attention_block(cfg, "llada2-moe"),
+        shifted=False, tied=bool(cfg.get("tie_word_embeddings", False)), qkv_bias=qkv_bias,
+        qk_norm=True, block_size=attention_block(cfg, "llada2-moe"),
         num_experts=experts, experts_per_token=k, moe_intermediate_size=moe_inter, shared_intermediate_size=shared,
         sparse_layers=sparse, router="grouped-sigmoid", n_group=groups, topk_group=top_groups,
-        routed_scaling_factor=float(scaling), expert_bias=experts > 0, rotary_dim=rotary, fused_qkv=True,
-        o_bias=flags["use_bias"])
+        routed_scaling_factor=float(scaling), expert_bias=experts > 0, rotary_dim=rotary, fused_qkv=True)
 
 
 class LLaDA2Attention(nn.Module):
@@ -137,18 +142,16 @@ class LLaDA2Attention(nn.Module):
         d = spec.head_dim
         self.query_key_value = nn.Linear(spec.hidden_size, (spec.num_heads + 2 * spec.num_kv_heads) * d,
                                          bias=spec.qkv_bias)
-        if spec.qk_norm:
-            self.query_layernorm = RMSNorm(d, spec.rms_norm_eps)
-            self.key_layernorm = RMSNorm(d, spec.rms_norm_eps)
-        self.dense = nn.Linear(spec.num_heads * d, spec.hidden_size, bias=spec.o_bias)
+        self.query_layernorm = RMSNorm(d, spec.rms_norm_eps)
+        self.key_layernorm = RMSNorm(d, spec.rms_norm_eps)
+        self.dense = nn.Linear(spec.num_heads * d, spec.hidden_size, bias=False)
 
     def forward(self, h: torch.Tensor, spec: MoESpec, ctx: ForwardContext, layer: int) -> torch.Tensor:
         B, t, _ = h.shape
         H, KV, d, r = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.rope_dim
         qkv = self.query_key_value(h).view(B, t, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=2)  # the heads in that order, not interleaved
-        if spec.qk_norm:
-            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = self.query_layernorm(q), self.key_layernorm(k)  # per head, before RoPE
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, t, d)
         q = torch.cat((apply_rope(q[..., :r], ctx.cos, ctx.sin), q[..., r:]), dim=-1)
         k = torch.cat((apply_rope(k[..., :r], ctx.cos, ctx.sin), k[..., r:]), dim=-1)

@@ -51,7 +51,6 @@ class MoESpec(ModelSpec):
     expert_bias: bool = False  # mlp.gate.expert_bias (grouped-sigmoid: used for the choice only)
     rotary_dim: int | None = None  # partial rotary: the first rotary_dim dims of a head (None: all)
     fused_qkv: bool = False  # one query_key_value projection (LLaDA2's names)
-    o_bias: bool = False  # a bias on the attention output projection (LLaDA2's use_bias)
 
     @property
     def rope_dim(self) -> int:
@@ -59,7 +58,7 @@ class MoESpec(ModelSpec):
 
     def _attention_params(self) -> int:
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        n = 2 * q * h + 2 * kv * h + (q + 2 * kv if self.qkv_bias else 0) + (h if self.o_bias else 0)
+        n = 2 * q * h + 2 * kv * h + (q + 2 * kv if self.qkv_bias else 0)
         return n + (2 * self.head_dim if self.qk_norm else 0)
 
     def _mlp_params(self, sparse: bool, experts: int) -> int:
