@@ -418,3 +418,20 @@ def test_layout_modules_name_their_types():
     assert catalog.layout_of({"model_type": "llada2_moe_veomni"}) is None
     assert catalog.layout_of({"architectures": ["LLaDA2MoeModelLM"]}) == "llada2-moe"
     assert catalog.layout_of({"architectures": ["SDARMoeForCausalLM"]}) == "sdar-moe"
+
+
+# ---- dllm bench on a mixture of experts ----------------------------------------------------------
+
+def test_bench_a_moe_against_its_active_parameter_floor(tmp_path):
+    """The MoE rows: full recompute vs the exact block cache (identical tokens), and the floor of
+    the active parameters next to the floor of all weights."""
+    from dllm_cli.bench import bench_model, format_report
+
+    model = load_model(make_llada2_checkpoint(tmp_path))
+    report = bench_model(model, label="tiny llada2", prompt_ids=[_ids(model, T=20)[0].tolist()], gen_length=32)
+    assert [r.name for r in report.rows][:3] == ["reference", "exact-cache", "fast"]
+    assert report.row("exact-cache").identical and report.gen_length == 32
+    assert report.active_params == model.spec.active_param_count() < report.n_params == model.spec.param_count()
+    assert report.active_floor_ms == pytest.approx(report.floor_ms * report.active_params / report.n_params)
+    text = format_report(report)
+    assert "x active" in text and "active params per token" in text
