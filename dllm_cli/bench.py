@@ -76,6 +76,11 @@ class BenchReport:
     rows: list[BenchRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     torch_version: str = ""
+    # A mixture of experts reads only its active parameters per token (MoESpec.active_param_count:
+    # the k routed experts, shared expert, router, attention, head): their bytes ÷ bandwidth.
+    # Dense models: = n_params and floor_ms.
+    active_params: int = 0
+    active_floor_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +202,8 @@ def bench_model(model: "Model", *, label: str, shape: str | None = None, load_s:
     bandwidth = measure_bandwidth(dev)
     block = attention_block(model)
     base = family_sampler(model.spec.family, block) if block is not None else None
+    if base is not None and base.block_loop is None:  # a block-causal family without its own loop in
+        base = family_sampler("sdar", block)  # config.py yet (LLaDA2): SDAR's loop in its blocks
     configs = bench_configs(gen_length, ks, base)
     warm = configs[1][2]
     if base is not None:  # block diffusion: two blocks warm every path (a big shape's run takes minutes)
@@ -208,11 +215,16 @@ def bench_model(model: "Model", *, label: str, shape: str | None = None, load_s:
     rows = [_row(name, text, runs[name], None if name == "reference" else ref, model.tokens)
             for name, text, _, _ in configs]
     gen_length = configs[0][2].gen_length
+    n_params = sum(p.numel() for p in model.parameters())
+    active = getattr(getattr(model, "spec", None), "active_param_count", None)
+    active_params = active() if active is not None else n_params
+    active_bytes = weights * active_params / n_params
     return BenchReport(
         model=label, shape=shape, device=str(dev), dtype=str(model.dtype).replace("torch.", ""),
         gen_length=gen_length, prompts=len(prompt_ids),
         prompt_tokens=statistics.mean(len(p) for p in prompt_ids),
-        n_params=sum(p.numel() for p in model.parameters()), weights_bytes=weights,
+        n_params=n_params, weights_bytes=weights, active_params=active_params,
+        active_floor_ms=1e3 * active_bytes / bandwidth,
         bandwidth_gbs=bandwidth / 1e9, floor_ms=1e3 * weights / bandwidth, load_s=load_s,
         repeats=repeats, rows=rows, notes=_notes(dev.type, shape, base), torch_version=torch.__version__)
 
@@ -337,11 +349,16 @@ def format_report(report: BenchReport) -> str:
             f"floor {report.floor_ms:.3f} ms/forward; load {report.load_s:.2f} s",
             f"{report.prompts} prompts of ~{report.prompt_tokens:.0f} tokens; gen_length {report.gen_length}; "
             f"repeats {report.repeats}", ""]
-    cols = ("setting", "tok/s", "speed-up", "tok/fwd", "forwards", "ms/fwd", "x floor", "1st frame s",
-            "peak MB", "agreement", "identical")
+    moe = 0 < report.active_params < report.n_params
+    if moe:
+        head.insert(2, f"mixture of experts: {report.active_params / 1e6:.1f}M active params per token; "
+                       f"active floor {report.active_floor_ms:.3f} ms/forward (x active in the table)")
+    cols = ("setting", "tok/s", "speed-up", "tok/fwd", "forwards", "ms/fwd", "x floor",
+            *(("x active",) if moe else ()), "1st frame s", "peak MB", "agreement", "identical")
     lines = [[r.name, f"{r.tok_s:.1f}", "1.00x" if r.speedup is None else f"{r.speedup:.2f}x",
               f"{r.tokens_per_forward:.2f}", str(r.forwards), f"{r.forward_ms:.2f}",
               f"{r.forward_ms / report.floor_ms:.1f}" if report.floor_ms > 0 else "-",
+              *((f"{r.forward_ms / report.active_floor_ms:.1f}",) if moe else ()),
               f"{r.first_frame_s:.3f}", f"{r.peak_memory_bytes / 1e6:.0f}",
               "-" if r.agreement is None else f"{100 * r.agreement:.1f}%",
               "-" if r.identical is None else ("yes" if r.identical else "no")] for r in report.rows]

@@ -2,15 +2,17 @@
 
 Knows: where the embedded default model lives (the one place "default" is resolved), config.json,
 which layout a config names (`model_type`, else `architectures`; never the folder name), the
-checkpoint family (for recipes), the context length, the attention block of a block-diffusion
-checkpoint (`attention_block`) and its mask id when config.json lacks one (the published ids:
-SDAR 151669, Fast-dLLM v2 151665, Stable-DiffCoder 5, found by name in the tokenizer files
-first), the tokenizer files (tokenizer_config.json, special_tokens_map.json, added_tokens.json,
-chat_template.jinja, the added tokens of tokenizer.json) and the chat template, including the
-fallback for checkpoints that ship none; the rows of `dllm models` (parameters and dtype from
+checkpoint family (for recipes; LLaDA2.1 is told from LLaDA2.0 by its own `generate()` taking
+`editing_threshold`, read as text from modeling_llada2_moe.py, or by "dllm_family"), the context
+length, the attention block of a block-diffusion checkpoint (`attention_block`) and its mask id
+when config.json lacks one (the published ids: SDAR / SDAR-MoE 151669, Fast-dLLM v2 151665,
+Stable-DiffCoder 5, LLaDA2 156895, found by name in the tokenizer files first), the tokenizer
+files (tokenizer_config.json, special_tokens_map.json, added_tokens.json, chat_template.jinja,
+the added tokens of tokenizer.json) and the chat template, including the fallback for
+checkpoints that ship none; the rows of `dllm models` (parameters and dtype from
 the safetensors headers, licence from the card). Must not: import torch, read tensor data, or
-run checkpoint-supplied code (an `auto_map` entry is read as text, for its class name, never
-imported).
+run checkpoint-supplied code (an `auto_map` entry and LLaDA2's modeling file are read as text,
+never imported).
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ LAYOUT_TYPES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sdar": (("sdar",), ("SDARForCausalLM",)),
     "stable-diffcoder": (("llama",), ("StableDiffcoderForCausalLM", "SeedDiffcoderForCausalLM")),
     "fast-dllm-v2": (("fast_dllm_qwen",), ("Fast_dLLM_QwenForCausalLM",)),
+    "llada2-moe": (("llada2_moe",), ("LLaDA2MoeModelLM",)),
+    "sdar-moe": (("sdar_moe",), ("SDARMoeForCausalLM",)),
+}
+# model_types dllm recognises and refuses, with the reason (the loader and `dllm models` say it).
+REFUSED_MODEL_TYPES: dict[str, str] = {
+    "llada2_moe_veomni": ("dFactory's LLaDA2 training layout: its experts are fused 3-D tensors "
+                          "(mlp.experts.gate_proj / up_proj / down_proj) that only its veomni code reads; "
+                          "use the Hugging Face release (model_type llada2_moe, one tensor per expert)"),
 }
 # model_types that autoregressive checkpoints use too: the class name (architectures or an
 # auto_map entry) must also name the diffusion model, or the folder is refused.
@@ -43,6 +53,7 @@ SHARED_MODEL_TYPES = frozenset({"llama"})
 # Block-diffusion layouts: (config.json key of the block length, the published block length).
 BLOCK_KEYS: dict[str, tuple[str, int]] = {
     "sdar": ("block_size", 4), "stable-diffcoder": ("block_size", 4), "fast-dllm-v2": ("bd_size", 32),
+    "llada2-moe": ("block_size", 32), "sdar-moe": ("block_size", 4),
 }
 # Their mask tokens: (names in the tokenizer files, the published id) for a config.json without
 # mask_token_id (docs/models.md has the sources; SDAR's files name it both ways).
@@ -50,7 +61,12 @@ BLOCK_MASKS: dict[str, tuple[tuple[str, ...], int]] = {
     "sdar": (("<|MASK|>", "<MASK>"), 151669),
     "stable-diffcoder": (("<[MASK_TOKEN]>",), 5),
     "fast-dllm-v2": (("|<MASK>|",), 151665),
+    "llada2-moe": (("<|mask|>",), 156895),
+    "sdar-moe": (("<|MASK|>", "<MASK>"), 151669),
 }
+# LLaDA2.1's own generate() (its modeling file, read as text, never imported) takes editing_threshold.
+LLADA2_MODELING = "modeling_llada2_moe.py"
+_MODELING_SCAN = 1 << 20
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -73,6 +89,15 @@ SEED_CODER_CHAT_TEMPLATE = (
     "{{ '<[end\u2581of\u2581sentence]>' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<[begin\u2581of\u2581sentence]>assistant\\n' }}{% endif %}"
 )
+# LLaDA2 (Bailing's roles): <role>SYSTEM</role>…<|role_end|><role>HUMAN</role>…<|role_end|><role>ASSISTANT</role>,
+# with the system turn the published examples use when there is none.
+LLADA2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<role>SYSTEM</role>detailed thinking off<|role_end|>' }}{% endif %}"
+    "{% set role = 'HUMAN' if message['role'] == 'user' else message['role'] | upper %}"
+    "{{ '<role>' + role + '</role>' + message['content'] + '<|role_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}"
+)
 LLADA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first %}{{ bos_token }}{% endif %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim"
@@ -90,10 +115,11 @@ class Checkpoint:
 
     folder: Path
     name: str
-    config: Mapping[str, Any]  # config.json; a block family's published mask_token_id added if it has none
+    config: Mapping[str, Any]  # config.json; a block family's published mask_token_id added if it has none,
+    #                            "dllm_family": "llada2.1" when the folder's LLaDA2 generate() edits
     layout: str | None  # None: a model_type dllm does not run
     family: str  # recipe family: "dream" | "dream-coder" | "diffucoder" | "dreamon" | "open-dcoder" | "llada"
-    #              | "sdar" | "stable-diffcoder" | "fast-dllm-v2" | "dllm"
+    #              | "sdar" | "stable-diffcoder" | "fast-dllm-v2" | "llada2.0" | "llada2.1" | "sdar-moe" | "dllm"
     context_length: int
     tokenizer_config: Mapping[str, Any]  # tokenizer_config.json, special_tokens_map.json merged under it
     added_tokens: Mapping[int, tuple[str, bool]]  # id -> (content, special) from the config files
@@ -169,6 +195,7 @@ def inspect(path: str | os.PathLike[str] | None) -> Checkpoint:
     json_added = _tokenizer_json_added(folder)
     names = frozenset(content for content, _ in added.values()) | frozenset(json_added)
     config = with_block_mask_id(config, layout, {**json_added, **{c: i for i, (c, _) in added.items()}})
+    config = with_llada2_family(config, layout, folder)
     template = _chat_template(folder, tok_config)
     if template is None:
         template = fallback_template(layout, names)
@@ -246,6 +273,24 @@ def with_block_mask_id(config: dict[str, Any], layout: str | None, token_ids: Ma
     return {**config, "mask_token_id": found}
 
 
+def with_llada2_family(config: dict[str, Any], layout: str | None, folder: Path) -> dict[str, Any]:
+    """`config` with "dllm_family": "llada2.1" for a LLaDA2 folder without one whose modeling file
+    (read as text, never imported) has LLaDA2.1's generate(): it takes `editing_threshold`."""
+    if layout != "llada2-moe" or config.get("dllm_family"):
+        return config
+    try:
+        with (folder / LLADA2_MODELING).open("rb") as fh:
+            text = fh.read(_MODELING_SCAN).decode("utf-8", errors="ignore")
+    except OSError:
+        return config
+    return {**config, "dllm_family": "llada2.1"} if "editing_threshold" in text else config
+
+
+def refusal(config: Mapping[str, Any]) -> str | None:
+    """Why dllm refuses a model_type it recognises (REFUSED_MODEL_TYPES), else None."""
+    return REFUSED_MODEL_TYPES.get(str(config.get("model_type") or "").lower())
+
+
 def supported_model_types() -> list[str]:
     return [t for types, _ in LAYOUT_TYPES.values() for t in types]
 
@@ -256,8 +301,10 @@ def family_of(config: Mapping[str, Any], layout: str | None, token_names: frozen
     named = config.get("dllm_family")
     if isinstance(named, str) and named:
         return named
-    if layout in ("llada", "sdar", "stable-diffcoder", "fast-dllm-v2"):
+    if layout in ("llada", "sdar", "stable-diffcoder", "fast-dllm-v2", "sdar-moe"):
         return layout  # TraDo / DiRL share SDAR's architecture and recipe
+    if layout == "llada2-moe":
+        return "llada2.0"  # LLaDA2.1: "dllm_family" (with_llada2_family sets it from the modeling file)
     if layout == "dream":
         if str(config.get("model_type", "")).lower() == "qwen2":
             return "open-dcoder"
@@ -280,14 +327,16 @@ def context_length(config: Mapping[str, Any]) -> int:
 
 def fallback_template(layout: str | None, token_names: frozenset[str]) -> str | None:
     """The chat template for a checkpoint that ships none: LLaDA's format for the LLaDA layout,
-    Seed-Coder's for Stable-DiffCoder, Qwen3's ChatML (no system prompt) for SDAR, ChatML with
-    the default system prompt when the vocabulary has <|im_start|> (Dream, Fast-dLLM v2), else
-    None (raw prompts only)."""
+    LLaDA2's roles for LLaDA2, Seed-Coder's for Stable-DiffCoder, Qwen3's ChatML (no system
+    prompt) for SDAR and SDAR-MoE, ChatML with the default system prompt when the vocabulary has
+    <|im_start|> (Dream, Fast-dLLM v2), else None (raw prompts only)."""
     if layout == "llada":
         return LLADA_CHAT_TEMPLATE
+    if layout == "llada2-moe":
+        return LLADA2_CHAT_TEMPLATE
     if layout == "stable-diffcoder":
         return SEED_CODER_CHAT_TEMPLATE
-    if layout == "sdar" and "<|im_start|>" in token_names:
+    if layout in ("sdar", "sdar-moe") and "<|im_start|>" in token_names:
         return QWEN3_CHAT_TEMPLATE
     if "<|im_start|>" in token_names:
         return CHATML_TEMPLATE
@@ -439,6 +488,9 @@ def checkpoint_problem(ckpt: Checkpoint) -> tuple[str, str] | None:
     folder = ckpt.folder
     if ckpt.layout is None:
         kind = ckpt.config.get("model_type") or ckpt.config.get("architectures") or "?"
+        why = refusal(ckpt.config)
+        if why:
+            return "unsupported", f"model_type {kind}: {why}"
         return "unsupported", (f"model_type {kind} is not a layout dllm runs "
                                f"(supported: {', '.join(supported_model_types())})")
     files: list[Path] = []

@@ -27,7 +27,7 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
 
 MASK_NAMES = ("<|mask|>", "<|mdm_mask|>", "<mask>", "[MASK]")
 # Tokens that end an answer when present (eos is always one).
-STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|dlm_pad|>")
+STOP_NAMES = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>", "<|dlm_pad|>", "<|role_end|>")  # role_end: LLaDA2
 EXPAND_TOKEN, DELETE_TOKEN = "<|expand|>", "<|delete|>"  # DreamOn
 
 

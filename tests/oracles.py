@@ -432,6 +432,99 @@ def reference(folder: Path, layout: str):
     return model
 
 
+# ---- transformers references for the mixtures of experts ---------------------------------------
+# LLaDA2 (Bailing-MoE-V2 names) against Glm4MoeForCausalLM: the same grouped sigmoid router with
+# a choice-only bias (e_score_correction_bias), partial rotary on the first dims of a head,
+# shared experts, first_k_dense_replace, q/k norms; transformers maps Bailing-style checkpoints
+# onto it too (its sarvam_moe conversion). SDAR-MoE against Qwen3MoeForCausalLM. The fused QKV
+# is split by heads, the per-expert tensors stacked into transformers' 3-D expert parameters.
+
+def _stack_experts(sd: dict[str, torch.Tensor], prefix: str, experts: int) -> dict[str, torch.Tensor]:
+    """prefix.experts.E.{gate,up,down}_proj.weight -> prefix.experts.gate_up_proj / down_proj (3-D)."""
+    gate_up = [torch.cat([sd.pop(f"{prefix}experts.{e}.gate_proj.weight"),
+                          sd.pop(f"{prefix}experts.{e}.up_proj.weight")], dim=0) for e in range(experts)]
+    down = [sd.pop(f"{prefix}experts.{e}.down_proj.weight") for e in range(experts)]
+    return {f"{prefix}experts.gate_up_proj": torch.stack(gate_up), f"{prefix}experts.down_proj": torch.stack(down)}
+
+
+def glm4moe_state_dict(sd: dict[str, torch.Tensor], c: dict) -> dict[str, torch.Tensor]:
+    """A LLaDA2 checkpoint's tensors under Glm4Moe's names."""
+    sd = dict(sd)
+    H, KV, d = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    out = {"model.embed_tokens.weight": sd.pop("model.word_embeddings.weight")}
+    for i in range(c["num_hidden_layers"]):
+        p, q = f"model.layers.{i}.attention.", f"model.layers.{i}.self_attn."
+        for kind in ("weight", "bias"):
+            if p + f"query_key_value.{kind}" in sd:
+                wq, wk, wv = sd.pop(p + f"query_key_value.{kind}").split([H * d, KV * d, KV * d], dim=0)
+                out.update({q + f"q_proj.{kind}": wq, q + f"k_proj.{kind}": wk, q + f"v_proj.{kind}": wv})
+        for ours, theirs in (("query_layernorm", "q_norm"), ("key_layernorm", "k_norm"), ("dense", "o_proj")):
+            for kind in ("weight", "bias"):
+                if p + f"{ours}.{kind}" in sd:
+                    out[q + f"{theirs}.{kind}"] = sd.pop(p + f"{ours}.{kind}")
+        m = f"model.layers.{i}.mlp."
+        if m + "gate.weight" in sd:
+            out[m + "gate.e_score_correction_bias"] = sd.pop(m + "gate.expert_bias").float()
+            out.update(_stack_experts(sd, m, c["num_experts"]))
+            if not c["num_shared_experts"]:  # Glm4Moe always has one: a zero-width one adds nothing
+                h = c["hidden_size"]
+                out.update({m + "shared_experts.gate_proj.weight": torch.zeros(0, h),
+                            m + "shared_experts.up_proj.weight": torch.zeros(0, h),
+                            m + "shared_experts.down_proj.weight": torch.zeros(h, 0)})
+    out.update(sd)
+    return out
+
+
+def glm4moe_reference(folder: Path):
+    """Glm4MoeForCausalLM with a LLaDA2 checkpoint's config and weights (eval, fp32, SDPA). A
+    The tensors are renamed as transformers' sarvam_moe conversion does."""
+    import transformers
+
+    c = json.loads((Path(folder) / "config.json").read_text())
+    config = transformers.Glm4MoeConfig(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+        num_key_value_heads=c["num_key_value_heads"], head_dim=c["head_dim"], rms_norm_eps=c["rms_norm_eps"],
+        max_position_embeddings=c["max_position_embeddings"], tie_word_embeddings=c["tie_word_embeddings"],
+        rope_parameters={"rope_type": "default", "rope_theta": float(c["rope_theta"]),
+                         "partial_rotary_factor": c["partial_rotary_factor"]},
+        attention_bias=c["use_qkv_bias"], use_qk_norm=c.get("use_qk_norm", True),
+        moe_intermediate_size=c["moe_intermediate_size"], num_experts_per_tok=c["num_experts_per_tok"],
+        n_shared_experts=c["num_shared_experts"], n_routed_experts=c["num_experts"],
+        routed_scaling_factor=c["routed_scaling_factor"], n_group=c["n_group"], topk_group=c["topk_group"],
+        first_k_dense_replace=c["first_k_dense_replace"], norm_topk_prob=True, attn_implementation="sdpa")
+    model = transformers.Glm4MoeForCausalLM(config).eval()
+    model.load_state_dict(glm4moe_state_dict(state_dict(folder), c), strict=not c["tie_word_embeddings"])
+    if c["tie_word_embeddings"]:
+        model.tie_weights()
+    return model
+
+
+def qwen3moe_reference(folder: Path):
+    """Qwen3MoeForCausalLM with an SDAR-MoE checkpoint's config and weights (eval, fp32, SDPA)."""
+    import transformers
+
+    c = json.loads((Path(folder) / "config.json").read_text())
+    config = transformers.Qwen3MoeConfig(
+        vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_hidden_layers=c["num_hidden_layers"], num_attention_heads=c["num_attention_heads"],
+        num_key_value_heads=c["num_key_value_heads"], head_dim=c["head_dim"], rms_norm_eps=c["rms_norm_eps"],
+        max_position_embeddings=c["max_position_embeddings"], tie_word_embeddings=c["tie_word_embeddings"],
+        rope_parameters={"rope_type": "default", "rope_theta": float(c["rope_theta"])},
+        moe_intermediate_size=c["moe_intermediate_size"], num_experts=c["num_experts"],
+        num_experts_per_tok=c["num_experts_per_tok"], norm_topk_prob=c["norm_topk_prob"],
+        decoder_sparse_step=c["decoder_sparse_step"], mlp_only_layers=c["mlp_only_layers"],
+        attn_implementation="sdpa")
+    model = transformers.Qwen3MoeForCausalLM(config).eval()
+    sd = state_dict(folder)
+    for i in range(c["num_hidden_layers"]):
+        m = f"model.layers.{i}.mlp."
+        if m + "gate.weight" in sd:
+            sd.update(_stack_experts(sd, m, c["num_experts"]))
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
 def block_bias(T: int, block: int, causal_within: bool = False) -> torch.Tensor:
     """(1, 1, T, T) additive fp32 mask: 0 where query i may see key j (j // block <= i // block),
     the dtype minimum elsewhere; causal_within=True also hides later keys of the same block."""

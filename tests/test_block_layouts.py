@@ -222,7 +222,7 @@ def test_stable_diffcoder_needs_its_class_name(tmp_path):
     assert catalog.inspect(old).layout == "stable-diffcoder"
     assert catalog.layout_of({"architectures": ["SDARForCausalLM"]}) == "sdar"
     assert catalog.layout_of({"model_type": "Fast_dLLM_Qwen"}) == "fast-dllm-v2"
-    assert catalog.layout_of({"model_type": "sdar_moe"}) is None  # the MoE variant is another layout
+    assert catalog.layout_of({"model_type": "sdar_moe"}) == "sdar-moe"  # the MoE variant is its own layout
 
 
 @pytest.mark.parametrize("change, words", [

@@ -245,7 +245,7 @@ def test_published_shapes_param_counts(shape):
     spec = model_spec(PUBLISHED_SHAPES[shape])
     billions = spec.param_count() / 1e9
     published = {"dream-7b": 7.6, "llada-8b": 8.0, "open-dcoder-0.5b": 0.49, "sdar-8b": 8.19, "sdar-1.7b": 2.03,
-                 "stable-diffcoder-8b": 8.25, "fast-dllm-v2-7b": 7.62}
+                 "stable-diffcoder-8b": 8.25, "fast-dllm-v2-7b": 7.62, "llada2-mini": 16.26, "sdar-30b-a3b": 30.53}
     assert published[shape] == pytest.approx(billions, abs=0.06)
 
 

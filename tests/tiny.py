@@ -520,3 +520,161 @@ def make_fast_dllm_v2_checkpoint(dir, *, sharded: bool = False, dtype: str = "fl
                                  seed=seed, cfg_of=cfg_of, qkv_bias=True, qk_norm=False,
                                  traps=("configuration.py", "modeling.py"))
     return folder
+
+
+# ---- the mixtures of experts (LLaDA2, SDAR-MoE) ------------------------------------------------
+
+LLADA2_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "[CLS]", "[gMASK]", "<|mask|>", "<|role_end|>")
+LLADA2_TEMPLATE = (  # the shape of LLaDA2's turns (its shipped template was not read)
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<role>SYSTEM</role>' + message['content'] + '<|role_end|>' }}"
+    "{% elif message['role'] == 'user' %}{{ '<role>HUMAN</role>' + message['content'] + '<|role_end|>' }}"
+    "{% else %}{{ '<role>ASSISTANT</role>' + message['content'] + '<|role_end|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}"
+)
+# What LLaDA2.1's modeling file says about its generate() (catalog reads it as text, never imports it).
+LLADA21_GENERATE = ("def generate(self, inputs=None, temperature=0.0, block_length=32, steps=32, gen_length=2048,\n"
+                    "             threshold=0.95, editing_threshold=0.9, max_post_steps=16, num_to_transfer=1):\n")
+MOE_EXPERTS, MOE_TOPK, MOE_INTERMEDIATE = 16, 4, 32
+
+
+def llada2_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """LLaDA2's names: model.word_embeddings, model.layers.N.attention.*, mlp.* (dense or experts)."""
+    h, v, hd = cfg["hidden_size"], cfg["vocab_size"], cfg["head_dim"]
+    H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    shapes = {"model.word_embeddings.weight": (v, h)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (h,)
+        shapes[p + "attention.query_key_value.weight"] = ((H + 2 * KV) * hd, h)
+        if cfg["use_qkv_bias"]:
+            shapes[p + "attention.query_key_value.bias"] = ((H + 2 * KV) * hd,)
+        if cfg.get("use_qk_norm", True):
+            shapes[p + "attention.query_layernorm.weight"] = (hd,)
+            shapes[p + "attention.key_layernorm.weight"] = (hd,)
+        shapes[p + "attention.dense.weight"] = (h, H * hd)
+        if cfg["use_bias"]:
+            shapes[p + "attention.dense.bias"] = (h,)
+        shapes[p + "post_attention_layernorm.weight"] = (h,)
+        if cfg.get("num_experts") is None or i < cfg["first_k_dense_replace"]:
+            mlps = {"mlp.": cfg["intermediate_size"]}
+        else:
+            E, inter = cfg["num_experts"], cfg["moe_intermediate_size"]
+            shapes[p + "mlp.gate.weight"] = (E, h)
+            shapes[p + "mlp.gate.expert_bias"] = (E,)
+            mlps = {f"mlp.experts.{e}.": inter for e in range(E)}
+            if cfg["num_shared_experts"]:
+                mlps["mlp.shared_experts."] = inter * cfg["num_shared_experts"]
+        for m, inter in mlps.items():
+            shapes.update({p + m + "gate_proj.weight": (inter, h), p + m + "up_proj.weight": (inter, h),
+                           p + m + "down_proj.weight": (h, inter)})
+    shapes["model.norm.weight"] = (h,)
+    if not cfg["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (v, h)
+    return shapes
+
+
+def _moe_random(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """_random, plus the expert bias (spread wider than the sigmoid scores, so it changes choices)."""
+    plain = {n: s for n, s in shapes.items() if not n.endswith("expert_bias")}
+    out = _random(plain, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for name, shape in shapes.items():
+        if name.endswith("expert_bias"):
+            out[name] = 0.2 * torch.randn(shape, generator=g)
+        elif name.endswith("word_embeddings.weight"):
+            out[name] = torch.randn(shape, generator=g)
+    return out
+
+
+def make_llada2_checkpoint(dir, *, sharded: bool = False, dtype: str = "float32", seed: int = 0,
+                           tied: bool = False, num_kv_heads: int = 2, head_dim: int = 32, layers: int = 3,
+                           first_dense: int = 1, shared: int = 1, use_bias: bool | None = False,
+                           use_qkv_bias: bool = False, use_qk_norm: bool | None = True, editing: bool = False,
+                           partial_rotary_factor: float = 0.5, experts: int | None = MOE_EXPERTS,
+                           chat_template: str | None = LLADA2_TEMPLATE) -> Path:
+    """A tiny LLaDA2 (Bailing-named MoE) checkpoint with every key of the published config.json:
+    `layers` layers, the first `first_dense` dense, then MOE_EXPERTS experts of MOE_INTERMEDIATE
+    (4 groups, 2 kept, top-4) and `shared` shared experts; head_dim 32 x 4 heads (q width 128 !=
+    hidden 64). `use_bias` / `use_qk_norm` None: the key is left out. `editing`: a
+    modeling_llada2_moe.py whose generate() takes editing_threshold (LLaDA2.1's)."""
+    tok_extra = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                 "cls_token": "[CLS]", "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 32768,
+                 "add_bos_token": False, "add_eos_token": False}
+    folder = Path(dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = write_tokenizer(folder, LLADA2_SPECIALS, fmt="tokenizer.json", config_extra=tok_extra,
+                          chat_template=chat_template, template_in="config")
+    cfg = {
+        "architectures": ["LLaDA2MoeModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "attention_dropout": 0.0, "dtype": "bfloat16", "embedding_dropout": 0.0, "first_k_dense_replace": first_dense,
+        "head_dim": head_dim, "hidden_act": "silu", "hidden_size": HIDDEN, "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE, "max_position_embeddings": 32768, "max_window_layers": 28,
+        "model_type": "llada2_moe", "moe_intermediate_size": MOE_INTERMEDIATE, "moe_router_enable_expert_bias": True,
+        "n_group": 4, "norm_head": False, "norm_softmax": False, "norm_topk_prob": True, "num_attention_heads": HEADS,
+        "num_experts": experts, "num_experts_per_tok": MOE_TOPK, "num_hidden_layers": layers,
+        "num_key_value_heads": num_kv_heads, "num_shared_experts": shared, "output_dropout": 0.0,
+        "output_router_logits": False, "pad_token_id": ids["<|endoftext|>"],
+        "partial_rotary_factor": partial_rotary_factor, "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": 600000, "rotary_dim": int(head_dim * partial_rotary_factor), "routed_scaling_factor": 2.5,
+        "router_dtype": "fp32", "score_function": "sigmoid", "sliding_window": 4096,
+        "tie_word_embeddings": tied, "topk_group": 2, "transformers_version": "4.57.1", "use_bias": use_bias,
+        "use_cache": False, "use_qk_norm": use_qk_norm, "use_qkv_bias": use_qkv_bias, "use_rmsnorm": True,
+        "use_sliding_window": False, "using_split_qkv_in_self_attention": False,
+        "vocab_size": _round_up(max(ids.values()) + 1),
+    }
+    for key in ("use_bias", "use_qk_norm"):
+        if cfg[key] is None:
+            del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    shape_cfg = {**cfg, "use_bias": cfg.get("use_bias", True), "use_qk_norm": cfg.get("use_qk_norm", True)}
+    write_weights(folder, _moe_random(llada2_shapes(shape_cfg), seed), dtype=dtype, sharded=sharded)
+    trap = (f"import pathlib\npathlib.Path(__file__).with_name({AUTO_MAP_MARKER!r}).write_text('ran')\n"
+            "raise RuntimeError('checkpoint-supplied code must never run')\n")
+    (folder / "configuration_llada2_moe.py").write_text(trap, encoding="utf-8")
+    (folder / "modeling_llada2_moe.py").write_text(trap + (LLADA21_GENERATE if editing else ""), encoding="utf-8")
+    return folder
+
+
+def sdar_moe_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """SDAR's (Qwen3) names with Qwen3-MoE MLPs on the sparse layers."""
+    shapes = decoder_shapes(cfg, qkv_bias=False, qk_norm=True)
+    h, E, inter = cfg["hidden_size"], cfg["num_experts"], cfg["moe_intermediate_size"]
+    for i in range(cfg["num_hidden_layers"]):
+        if i in cfg["mlp_only_layers"] or (i + 1) % cfg["decoder_sparse_step"]:
+            continue
+        p = f"model.layers.{i}.mlp."
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            del shapes[p + name + ".weight"]
+        shapes[p + "gate.weight"] = (E, h)
+        for e in range(E):
+            shapes.update({p + f"experts.{e}.gate_proj.weight": (inter, h),
+                           p + f"experts.{e}.up_proj.weight": (inter, h),
+                           p + f"experts.{e}.down_proj.weight": (h, inter)})
+    return shapes
+
+
+def make_sdar_moe_checkpoint(dir, *, sharded: bool = False, dtype: str = "float32", seed: int = 0,
+                             layers: int = 3, mlp_only_layers: tuple[int, ...] = (), decoder_sparse_step: int = 1,
+                             norm_topk_prob: bool = True, block_size: int | None = None, num_kv_heads: int = 2,
+                             head_dim: int = 32) -> Path:
+    """A tiny SDAR-MoE (Qwen3-MoE-named) checkpoint: SDAR's tokenizer files and keys plus the
+    Qwen3-MoE keys (MOE_EXPERTS experts of MOE_INTERMEDIATE, top-MOE_TOPK)."""
+    folder = make_sdar_checkpoint(dir, sharded=sharded, dtype=dtype, seed=seed, num_kv_heads=num_kv_heads,
+                                  head_dim=head_dim, block_size=block_size)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(architectures=["SDARMoeForCausalLM"], model_type="sdar_moe", num_hidden_layers=layers,
+               auto_map={"AutoConfig": "configuration_sdar_moe.SDARMoeConfig",
+                         "AutoModel": "modeling_sdar_moe.SDARMoeModel",
+                         "AutoModelForCausalLM": "modeling_sdar_moe.SDARMoeForCausalLM"},
+               moe_intermediate_size=MOE_INTERMEDIATE, num_experts=MOE_EXPERTS, num_experts_per_tok=MOE_TOPK,
+               norm_topk_prob=norm_topk_prob, decoder_sparse_step=decoder_sparse_step,
+               mlp_only_layers=list(mlp_only_layers), output_router_logits=False, router_aux_loss_coef=0.001)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    for f in list(folder.glob("*.safetensors")) + list(folder.glob("model.safetensors.index.json")):
+        f.unlink()
+    write_weights(folder, _random(sdar_moe_shapes(cfg), seed), dtype=dtype, sharded=sharded)
+    return folder

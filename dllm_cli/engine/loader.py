@@ -85,6 +85,28 @@ PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False, "bd_size": 32, "mask_token_id": 151665, "bos_token_id": 151643,
         "eos_token_id": 151645, "pad_token_id": 151645,
     },
+    # Mixtures of experts (block-causal too).
+    "llada2-mini": {  # inclusionAI/LLaDA2.0-mini and LLaDA2.1-mini (the same config.json values)
+        "model_type": "llada2_moe", "architectures": ["LLaDA2MoeModelLM"], "hidden_size": 2048,
+        "num_hidden_layers": 20, "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128,
+        "intermediate_size": 5120, "moe_intermediate_size": 512, "num_experts": 256, "num_experts_per_tok": 8,
+        "num_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 8, "topk_group": 4,
+        "routed_scaling_factor": 2.5, "score_function": "sigmoid", "moe_router_enable_expert_bias": True,
+        "norm_topk_prob": True, "router_dtype": "fp32", "partial_rotary_factor": 0.5, "rotary_dim": 64,
+        "rope_theta": 600000, "rope_scaling": None, "rms_norm_eps": 1e-6, "vocab_size": 157184,
+        "max_position_embeddings": 32768, "tie_word_embeddings": False, "use_bias": False, "use_qkv_bias": False,
+        "use_qk_norm": True, "use_rmsnorm": True, "norm_head": False, "use_sliding_window": False,
+        "mask_token_id": 156895, "eos_token_id": 156892, "pad_token_id": 156892, "bos_token_id": 156891,
+    },
+    "sdar-30b-a3b": {  # JetLM/SDAR-30B-A3B-Chat: Qwen3-30B-A3B shapes (its config.json was not read)
+        "model_type": "sdar_moe", "architectures": ["SDARMoeForCausalLM"], "hidden_size": 2048,
+        "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+        "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [], "vocab_size": 151936,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False, "attention_bias": False,
+        "block_size": 4, "mask_token_id": 151669, "eos_token_id": 151643, "pad_token_id": 151643,
+        "bos_token_id": 151643,
+    },
 }
 
 
@@ -92,6 +114,8 @@ PUBLISHED_SHAPES: dict[str, dict[str, Any]] = {
 def model_spec(config: Mapping[str, Any], where: str = "config.json", family: str | None = None) -> ModelSpec:
     """The layout and shape that config.json describes (CheckpointError if unsupported)."""
     layout = catalog.layout_of(config)
+    if layout is None and catalog.refusal(config):
+        raise CheckpointError(f"{where}: model_type {config.get('model_type')!r} is refused: {catalog.refusal(config)}")
     if layout is None:
         raise CheckpointError(
             f"{where}: model_type {config.get('model_type')!r} (architectures "
@@ -219,7 +243,17 @@ def _unchanged(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
 def build_on_meta(spec: ModelSpec, dtype: torch.dtype) -> DiffusionModel:
     with torch.device("meta"), _initialisers_skipped():
         model = MODEL_CLASSES[spec.layout](spec)
-    return model.to(dtype)
+    model = model.to(dtype)
+    for name, p in model.named_parameters():
+        if _keeps_fp32(model, name):
+            _assign(model, name, p.float())
+    return model
+
+
+def _keeps_fp32(model: DiffusionModel, name: str) -> bool:
+    """Tensors a layout keeps in fp32 whatever the load dtype (its module's FP32_TENSORS, e.g.
+    LLaDA2's mlp.gate.expert_bias, an fp32 buffer in the source)."""
+    return name.endswith(tuple(getattr(LAYOUTS[model.spec.layout], "FP32_TENSORS", ())))
 
 
 def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: torch.device,
@@ -244,7 +278,8 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(got)} but config.json "
                                       f"implies {list(want)}; the weights and config.json disagree (re-download "
                                       "the config.json and weights of the same model)")
-            _assign(model, name, f.get(name).to(device=device, dtype=dtype))
+            want_dtype = torch.float32 if _keeps_fp32(model, name) else dtype
+            _assign(model, name, f.get(name).to(device=device, dtype=want_dtype))
             seen.add(name)
     missing = [n for n in expected if n not in seen]
     if missing:
@@ -311,7 +346,8 @@ def check_tokenizer(tokenizer: Tokenizer, spec: ModelSpec, folder: Path) -> None
 
 def reduced(config: Mapping[str, Any], layers: int | None) -> dict[str, Any]:
     """A published shape with `layers` layers instead of its own (the widths, vocabulary and
-    attention pattern unchanged): `dllm bench --shape X --layers N` on a CPU."""
+    attention pattern unchanged): `dllm bench --shape X --layers N` on a CPU. A mixture of experts
+    keeps at least one sparse layer (LLaDA2's dense first layers: at most N - 1)."""
     out = dict(config)
     if layers is None:
         return out
@@ -319,6 +355,10 @@ def reduced(config: Mapping[str, Any], layers: int | None) -> dict[str, Any]:
         raise UsageError("--layers must be at least 1")
     key = "n_layers" if "n_layers" in out else "num_hidden_layers"
     out[key] = layers
+    if isinstance(out.get("first_k_dense_replace"), int):
+        out["first_k_dense_replace"] = min(out["first_k_dense_replace"], layers - 1)
+    if isinstance(out.get("mlp_only_layers"), list):
+        out["mlp_only_layers"] = [i for i in out["mlp_only_layers"] if i < layers]
     return out
 
 
