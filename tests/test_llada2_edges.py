@@ -98,3 +98,39 @@ def test_the_remote_backend_reads_the_edited_positions():
     snap = snapshot(0, "abc", 0.1, True, {"canvas": ["a", "b", "c"], "revealed": [2], "edited": [0, "x"]})
     assert snap.edited == (0,) and snap.revealed == (2,)
     assert snapshot(0, "abc", 0.1, True, {}).edited == ()
+
+
+def test_increments_never_send_a_block_that_can_still_be_edited():
+    """Without "diffusing", a stream sends settled text only; under token editing the block being
+    decoded can still change, so its text waits until the next block starts (or the end): what
+    was sent is never retracted and adds up to the final answer."""
+    served = wire.Served("llada2", Letters(), SpecialTokens(mask=MASK, eos=EOS), 256, 256,
+                         base=family_sampler("llada2.1", 4), can_infill=False)
+    call = wire.parse_chat({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True},
+                           served)
+    P = len(call.request.prompt_ids)
+    first = 4 - P % 4  # the canvas positions of the first block after the prompt's tail
+    a, b, c, d = (ids_of(ch) for ch in "abcd")
+    canvas = [MASK] * (8 + 4)
+    reply, sent = wire.Reply(call, served), []
+
+    def send(index, writes, edited=()):
+        for pos, tok in writes.items():
+            canvas[pos] = tok
+        step = DenoiseStep(index, list(canvas), sorted(set(writes) - set(edited)), [0.9] * len(writes), index + 1,
+                           0.01, False, edited=list(edited), edit_confidences=[0.9] * len(edited))
+        sent.append(reply.step(step)["choices"][0]["delta"].get("content", ""))
+
+    send(0, dict.fromkeys(range(first), a))
+    send(1, {0: b}, edited=[0])  # the first block is revised: nothing of it was sent
+    assert sent == ["", ""]
+    send(2, {first: c})  # the next block starts: the first is final
+    assert sent[-1] == "b" + "a" * (first - 1)
+    send(3, {first: d}, edited=[first])
+    end = reply.end(Generation("b" + "a" * (first - 1) + "d", first + 1, 4, 4, 0.1, edits=2))
+    sent.append(end[0]["choices"][0]["delta"]["content"])
+    assert "".join(sent) == "b" + "a" * (first - 1) + "d"
+
+
+def ids_of(ch):
+    return ord(ch) - ord("a") + 2

@@ -333,12 +333,26 @@ class Reply:
             parts.append(MASK_GLYPH if t == mask else self.piece(t))
         return cut_at_stops("".join(parts), self.call.stops)[0]
 
+    def settled(self, tokens: list[int]) -> list[int]:
+        """The tokens no later step can change: all of them, except under LLaDA2.1's token editing,
+        where the block being decoded (the last one with a written token; blocks are aligned at
+        canvas position 0, the prompt included) can still be revised: only the blocks before it."""
+        cfg, mask = self.call.cfg, self.served.tokens.mask
+        if cfg.editing_threshold is None:
+            return tokens
+        last = max((i for i, t in enumerate(tokens) if t != mask), default=None)
+        if last is None:
+            return []
+        P = len(self.call.request.prompt_ids)
+        return tokens[:max(0, (P + last) // cfg.block * cfg.block - P)]
+
     def committed(self, tokens: list[int]) -> str:
-        """The settled text: the decoded tokens before the first mask or stop token, without a
-        trailing partial character, cut at a stop string, minus what could still become one."""
+        """The settled text: the decoded settled tokens before the first mask or stop token,
+        without a trailing partial character, cut at a stop string, minus what could still
+        become one."""
         stops, mask = self.served.tokens.stops, self.served.tokens.mask
         ids = []
-        for t in tokens:
+        for t in self.settled(tokens):
             if t == mask or t in stops:
                 break
             ids.append(t)
