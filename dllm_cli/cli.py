@@ -101,6 +101,11 @@ def code(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (replayable runs).")] = None,
     alg: Annotated[Optional[str], typer.Option(help="Remasking: low_confidence, random, origin, "
                    "maskgit_plus, topk_margin, entropy, p2.", show_default="low_confidence")] = None,
+    editing_threshold: Annotated[Optional[str], typer.Option("--editing-threshold", metavar="P|off",
+                                 help="LLaDA2 checkpoints: token editing (LLaDA2.1) replaces a written token "
+                                 "of the current block when the model prefers another with probability "
+                                 "above P (0: on any disagreement); off: LLaDA2.0's decoding.",
+                                 show_default="LLaDA2.1: 0.5; LLaDA2.0: off")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff on stdout; change nothing.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -127,7 +132,7 @@ def code(
 ) -> None:
     """Ask the model for a change; review the diff; apply it (undo with `dllm undo`)."""
     from .catalog import model_name
-    from .config import SamplerConfig
+    from .config import SamplerConfig, parse_editing_threshold
     from .pipeline import CodeOptions
     from .pipeline import code as run_code
     from .review import ReviewOptions
@@ -139,6 +144,9 @@ def code(
                                    temperature=temperature, threshold=threshold, seed=seed,
                                    alg=alg)  # applied over the checkpoint family's recipe (pipeline)
     cfg = SamplerConfig.from_options(**options)
+    if editing_threshold is not None:  # checked now, applied over a LLaDA2 recipe (others refuse it)
+        parse_editing_threshold(editing_threshold)
+        options["editing_threshold"] = editing_threshold
     if endpoint and no_server:
         raise UsageError("--endpoint and --no-server contradict each other; drop one")
     task, stdin_text, notes = read_task(prompt)

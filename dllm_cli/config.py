@@ -20,8 +20,10 @@ REMASK_ALGS = ("p2",)  # Open-dCoder's path planning: decoded tokens can be mask
 CACHE_MODES = ("none", "prefix", "dual", "exact")
 DEFAULT_BLOCK = 32  # Fast-dLLM's best trade-off
 # The published block-diffusion loops (block-causal models): SDAR's block_diffusion_generate,
-# Stable-DiffCoder's generate_block, Fast-dLLM v2's block + sub-block generate.
-BLOCK_LOOPS = ("sdar", "stable-diffcoder", "fast-dllm-v2")
+# Stable-DiffCoder's generate_block, Fast-dLLM v2's block + sub-block generate, LLaDA2's
+# threshold generate (2.0) with 2.1's token editing (`editing_threshold`).
+BLOCK_LOOPS = ("sdar", "stable-diffcoder", "fast-dllm-v2", "llada2")
+EDITING_OFF = ("off", "none")  # --editing-threshold values that turn LLaDA2.1's token editing off
 BLOCK_CACHES = ("none", "exact")  # full recompute, or the exact block KV cache: the same tokens
 
 
@@ -41,7 +43,11 @@ class SamplerConfig:
     `block_length` = the checkpoint's attention block, `steps` // (gen_length / block_length)
     steps per block, `threshold` as that loop defines it, `cache` "exact" (the exact block KV
     cache) or "none" (full recompute; identical tokens) and, for fast-dllm-v2,
-    `sub_block_length` (its small_block_size). docs/sampling.md has each loop's rules.
+    `sub_block_length` (its small_block_size). The llada2 loop also revises: with
+    `editing_threshold` set (LLaDA2.1), each step replaces already written tokens of the current
+    block (never the prompt's) whose argmax changed with p > editing_threshold, and a block whose
+    masks are all filled gets at most `max_post_steps` more steps of editing alone.
+    docs/sampling.md has each loop's rules.
     """
 
     gen_length: int = 128
@@ -63,6 +69,8 @@ class SamplerConfig:
     early_stop: bool = True  # stop once eos fills the rest of the canvas
     block_loop: str | None = None  # one of BLOCK_LOOPS (block-causal models); None: the loops above
     sub_block_length: int | None = None  # fast-dllm-v2: sub-blocks decoded in order inside a block
+    editing_threshold: float | None = None  # llada2: token editing (LLaDA2.1's T2T); None: off (2.0)
+    max_post_steps: int = 16  # llada2 with editing: steps of editing alone after a block's masks are filled
 
     def __post_init__(self) -> None:
         _check(self.gen_length >= 1, "--gen-length must be at least 1")
@@ -93,6 +101,9 @@ class SamplerConfig:
         else:
             _check(self.cache != "exact", "cache 'exact' is the block-diffusion loops' cache (set block_loop)")
             _check(self.sub_block_length is None, "sub_block_length is Fast-dLLM v2's (block_loop 'fast-dllm-v2')")
+        if self.block_loop != "llada2":
+            _check(self.editing_threshold is None, "--editing-threshold is LLaDA2.1's token editing (the llada2 "
+                   "loop of a LLaDA2 checkpoint); this model decodes without it")
         if self.parallel is None and self.alg in LLADA_ALGS:
             blocks = self.num_blocks
             _check(self.total_steps % blocks == 0,
@@ -114,6 +125,11 @@ class SamplerConfig:
                f"--steps {self.total_steps} gives a block no step ({self.num_blocks} blocks)")
         if loop == "stable-diffcoder":
             _check(self.top_p is None and self.top_k is None, "the stable-diffcoder loop has no top_p / top_k")
+        if loop == "llada2":
+            e = self.editing_threshold
+            _check(e is None or 0 <= e <= 1, "--editing-threshold must be in [0, 1] (0: edit on any "
+                   "disagreement), or off")
+            _check(self.max_post_steps >= 0, "max_post_steps must be >= 0")
         if loop == "fast-dllm-v2":
             _check(self.top_k is None, "the fast-dllm-v2 loop has no top_k")
             sub = self.sub_block_length
@@ -151,12 +167,14 @@ class SamplerConfig:
     def from_options(cls, base: "SamplerConfig | None" = None, *, gen_length: int | None = None,
                      steps: int | None = None, block_length: int | None = None,
                      temperature: float | None = None, threshold: float | None = None,
-                     seed: int | None = None, alg: str | None = None) -> "SamplerConfig":
+                     seed: int | None = None, alg: str | None = None,
+                     editing_threshold: float | str | None = None) -> "SamplerConfig":
         """`base` (default: SamplerConfig(), dllm's fast mode) with the command-line options given
         (None: not given). The CLI's rules: 0 turns --block-length / --threshold off; a
         --gen-length without --block-length gets a block that divides it (fitting_block);
         --alg p2 (the whole canvas, no blocks, threshold or cache) turns both off unless given.
-        A block-diffusion base (`block_loop`) keeps its block length: it is the checkpoint's."""
+        A block-diffusion base (`block_loop`) keeps its block length: it is the checkpoint's.
+        editing_threshold: a number in [0, 1] or "off" (EDITING_OFF; LLaDA2 checkpoints only)."""
         changes: dict[str, Any] = {k: v for k, v in dict(gen_length=gen_length, steps=steps,
                                                          temperature=temperature, seed=seed,
                                                          alg=alg).items() if v is not None}
@@ -172,6 +190,8 @@ class SamplerConfig:
             changes["block_length"] = fitting_block(gen_length)
         if threshold is not None:
             changes["threshold"] = threshold or None
+        if editing_threshold is not None:
+            changes["editing_threshold"] = parse_editing_threshold(editing_threshold)
         return (base or cls()).with_(**changes)
 
     @classmethod
@@ -180,6 +200,20 @@ class SamplerConfig:
         """The official loop: one token per step, the full canvas every step, no cache."""
         return cls(gen_length=gen_length, steps=gen_length, block_length=block_length, alg=alg,
                    threshold=None, cache="none", early_stop=False)
+
+
+def parse_editing_threshold(value: float | str) -> float | None:
+    """--editing-threshold's value: a number in [0, 1], or "off" / "none" (None: no editing)."""
+    if isinstance(value, str):
+        if value.strip().lower() in EDITING_OFF:
+            return None
+        try:
+            value = float(value)
+        except ValueError:
+            raise UsageError(f"--editing-threshold {value!r} is not a number in [0, 1] or 'off'") from None
+    if not 0 <= value <= 1:
+        raise UsageError(f"--editing-threshold {value:g} must be in [0, 1] (0: edit on any disagreement), or off")
+    return float(value)
 
 
 def fitting_block(gen_length: int, preferred: int = DEFAULT_BLOCK) -> int | None:
@@ -201,7 +235,7 @@ class Recipe:
     """How the authors run a checkpoint: prompt style, sampler settings, stop tokens."""
 
     name: str
-    family: str  # "llada" | "dream" | "dream-coder" | "diffucoder" | "open-dcoder" | "dllm"
+    family: str  # "llada" | "dream" | "dream-coder" | "diffucoder" | "open-dcoder" | "dllm" | a block family
     prompt: str  # "llada-chat" | "chatml" | "own-template" | "raw"
     sampler: SamplerConfig
     stop_tokens: tuple[str, ...] = ()
@@ -259,6 +293,17 @@ RECIPES: dict[str, Recipe] = {
                              alg="low_confidence", threshold=0.9, top_p=0.95, cache="exact", early_stop=True),
                ("<|im_end|>",),
                "the chatbot's settings: 32-token blocks, 8-token sub-blocks, threshold 0.9, greedy"),
+        Recipe("llada2.0-mini", "llada2.0", "own-template",
+               SamplerConfig(gen_length=512, block_length=32, block_loop="llada2", alg="low_confidence",
+                             threshold=0.95, cache="exact", early_stop=True),
+               ("<|endoftext|>", "<|role_end|>"),
+               "generate()'s defaults: greedy, 32 steps per 32-token block, threshold 0.95, no editing"),
+        Recipe("llada2.1-mini", "llada2.1", "own-template",
+               SamplerConfig(gen_length=512, block_length=32, block_loop="llada2", alg="low_confidence",
+                             threshold=0.7, editing_threshold=0.5, max_post_steps=16, cache="exact",
+                             early_stop=True),
+               ("<|endoftext|>", "<|role_end|>"),
+               "quality mode as the diffusers docs give it: threshold 0.7, editing 0.5, 16 post steps, greedy"),
         Recipe("fast", "any", "model", SamplerConfig()),
     )
 }
@@ -266,8 +311,8 @@ RECIPES: dict[str, Recipe] = {
 # The recipe `dllm code` starts from for a checkpoint family (options given on the command line
 # are applied over it). Block-diffusion checkpoints run their own loop; the 2025 families run
 # dllm's fast mode (their official recipes above are opt-in: slow but faithful).
-FAMILY_RECIPES = {"sdar": "sdar-chat", "stable-diffcoder": "stable-diffcoder-8b-instruct",
-                  "fast-dllm-v2": "fast-dllm-v2"}
+FAMILY_RECIPES = {"sdar": "sdar-chat", "sdar-moe": "sdar-chat", "stable-diffcoder": "stable-diffcoder-8b-instruct",
+                  "fast-dllm-v2": "fast-dllm-v2", "llada2.0": "llada2.0-mini", "llada2.1": "llada2.1-mini"}
 
 
 def family_sampler(family: str, block_length: int | None = None) -> SamplerConfig:

@@ -82,6 +82,10 @@ class DenoiseStep:
     elapsed: float  # seconds since denoising started
     done: bool  # True on the last event
     remasked: list[int] = field(default_factory=list)  # decoded positions masked again (p2)
+    # positions whose written token was replaced by another (LLaDA2.1's token editing), ascending,
+    # with p(new token) for each: a revision, drawn apart from a reveal
+    edited: list[int] = field(default_factory=list)
+    edit_confidences: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class Generation:
     forwards: int
     seconds: float  # denoising time (model load excluded)
     prompt_tokens: int = 0  # tokens the model saw besides the canvas (prompt, or prefix + suffix)
+    edits: int = 0  # written tokens replaced by others on the way (LLaDA2.1's token editing)
 
     @property
     def tokens_per_second(self) -> float:
@@ -105,7 +110,7 @@ class Generation:
         """Several generations of one run (infill regions) as one: sums, with `text`."""
         return cls(text, sum(g.gen_tokens for g in parts), sum(g.steps for g in parts),
                    sum(g.forwards for g in parts), sum(g.seconds for g in parts),
-                   sum(g.prompt_tokens for g in parts))
+                   sum(g.prompt_tokens for g in parts), sum(g.edits for g in parts))
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class TextSnapshot:
     canvas: tuple[str | None, ...] | None = None
     revealed: tuple[int, ...] = ()
     confidences: tuple[float, ...] = ()
+    edited: tuple[int, ...] = ()  # as DenoiseStep.edited
     step: int | None = None
     forwards: int | None = None
 

@@ -172,6 +172,8 @@ class RemoteBackend:
                                    "alg": cfg.alg}
             if cfg.steps is not None:
                 ext["steps"] = cfg.steps
+            if cfg.editing_threshold is not None:
+                ext["editing_threshold"] = cfg.editing_threshold
             body["dllm"] = ext
         if request.infill:
             snapshots = self.preset.fim_diffusing
@@ -223,7 +225,7 @@ class RemoteBackend:
         yield Generation(draft, _int(usage.get("completion_tokens")) or _int(ext.get("gen_tokens")),
                          _int(ext.get("steps")) or texts, _int(ext.get("forwards")),
                          float(server_seconds) if isinstance(server_seconds, (int, float)) else seconds,
-                         _int(usage.get("prompt_tokens")))
+                         _int(usage.get("prompt_tokens")), _int(ext.get("edits")) if ext.get("done") else 0)
 
     # ---- failures ----
 
@@ -294,12 +296,15 @@ def snapshot(index: int, draft: str, elapsed: float, snapshots: bool, ext: Mappi
     ok = isinstance(canvas, list) and all(p is None or isinstance(p, str) for p in canvas)
     revealed = ext.get("revealed")
     confidences = ext.get("confidences")
+    edited = ext.get("edited")
     revealed = revealed if isinstance(revealed, list) else []
     confidences = confidences if isinstance(confidences, list) else []
+    edited = edited if isinstance(edited, list) else []
     return TextSnapshot(index, draft, elapsed, done=done, mode="snapshot" if snapshots else "append",
                         canvas=tuple(canvas) if ok and canvas is not None else None,
                         revealed=tuple(int(i) for i in revealed if isinstance(i, int)),
                         confidences=tuple(float(c) for c in confidences if isinstance(c, (int, float))),
+                        edited=tuple(int(i) for i in edited if isinstance(i, int)),
                         step=ext.get("step") if isinstance(ext.get("step"), int) else None,
                         forwards=ext.get("forwards") if isinstance(ext.get("forwards"), int) else None)
 

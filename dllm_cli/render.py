@@ -35,7 +35,8 @@ LINE_PROGRESS_EVERY_S = 2.0  # one-line progress cadence when stderr is not a TT
 FOCUS_TAIL = 16  # positions shown after the last revealed one
 
 STYLE_MASK = "grey42"
-STYLE_NEW = "bold black on green"
+STYLE_NEW = "bold black on green"  # a reveal: a mask became a token at this step
+STYLE_EDIT = "bold black on magenta"  # a revision: a written token was replaced (LLaDA2.1's editing)
 STYLE_LOW = "yellow"
 STYLE_STATUS = "cyan"
 
@@ -68,14 +69,17 @@ class TokenTexts:
 
 def canvas_text(tokens: Sequence[int], texts: TokenTexts, mask_id: int, *,
                 revealed: Iterable[int] = (), confidence: dict[int, float] | None = None,
-                end: int | None = None) -> Text:
-    """The canvas as styled text: masks dim, `revealed` highlighted, low confidence shaded."""
-    new = set(revealed)
+                end: int | None = None, edited: Iterable[int] = ()) -> Text:
+    """The canvas as styled text: masks dim, `revealed` highlighted, `edited` (revised) in
+    another colour, low confidence shaded."""
+    new, revised = set(revealed), set(edited)
     confidence = confidence or {}
     out = Text()
     for pos, tok in enumerate(tokens[:end]):
         if tok == mask_id:
             out.append(MASK_GLYPH, STYLE_MASK)
+        elif pos in revised:
+            out.append(texts(tok), STYLE_EDIT)
         elif pos in new:
             out.append(texts(tok), STYLE_NEW)
         elif confidence.get(pos, 1.0) < LOW_CONFIDENCE:
@@ -101,14 +105,16 @@ def draft_text(text: str, before: str, mode: str = "snapshot") -> Text:
 
 
 def pieces_text(canvas: Sequence[str | None], *, revealed: Iterable[int] = (),
-                confidence: dict[int, float] | None = None) -> Text:
+                confidence: dict[int, float] | None = None, edited: Iterable[int] = ()) -> Text:
     """A `dllm serve` canvas (each position's text, None while masked), styled as canvas_text."""
-    new = set(revealed)
+    new, revised = set(revealed), set(edited)
     confidence = confidence or {}
     out = Text()
     for pos, piece in enumerate(canvas):
         if piece is None:
             out.append(MASK_GLYPH, STYLE_MASK)
+        elif pos in revised:
+            out.append(printable(piece), STYLE_EDIT)
         elif pos in new:
             out.append(printable(piece), STYLE_NEW)
         elif confidence.get(pos, 1.0) < LOW_CONFIDENCE:
@@ -134,13 +140,15 @@ class Progress:
     elapsed: float = 0.0
     committed: int = 0  # positions no longer masked
     gen_length: int = 0
+    edits: int = 0  # written tokens revised so far (LLaDA2.1's token editing)
 
     @property
     def tokens_per_second(self) -> float:
         return self.committed / self.elapsed if self.elapsed > 0 else 0.0
 
     def line(self) -> str:
-        return (f"step {self.steps} · {self.committed}/{self.gen_length} tokens · "
+        edits = f"{self.edits} edits · " if self.edits else ""
+        return (f"step {self.steps} · {self.committed}/{self.gen_length} tokens · {edits}"
                 f"{self.forwards} forwards · {self.tokens_per_second:.1f} tok/s · {self.elapsed:.1f} s")
 
 
@@ -181,9 +189,11 @@ class DenoiseView:
 
     def update(self, step: DenoiseStep) -> None:
         self.confidence.update(zip(step.revealed, step.confidences))
-        if step.revealed:
-            self.focus = max(step.revealed)
+        self.confidence.update(zip(step.edited, step.edit_confidences))
+        if step.revealed or step.edited:
+            self.focus = max([*step.revealed, *step.edited])
         p = self.progress
+        p.edits += len(step.edited)
         p.steps, p.forwards, p.elapsed = step.index + 1, step.forwards, step.elapsed
         p.committed = sum(1 for t in step.tokens if t != self.mask_id)
         now = time.monotonic()
@@ -203,6 +213,7 @@ class DenoiseView:
         p.steps = (snap.step + 1) if snap.step is not None else snap.index + 1
         p.forwards, p.elapsed = snap.forwards or 0, snap.elapsed
         self.confidence.update(zip(snap.revealed, snap.confidences))
+        p.edits += len(snap.edited)
         if snap.canvas is not None:
             p.gen_length = len(snap.canvas)
             p.committed = len(snap.canvas) - (snap.masked or 0)
@@ -224,7 +235,7 @@ class DenoiseView:
 
     def text_frame(self, snap: TextSnapshot) -> Group:
         if snap.canvas is not None:
-            text = pieces_text(snap.canvas, revealed=snap.revealed, confidence=self.confidence)
+            text = pieces_text(snap.canvas, revealed=snap.revealed, confidence=self.confidence, edited=snap.edited)
         else:
             text = draft_text(snap.text, self._drawn, snap.mode)
         self._drawn = snap.text
@@ -238,7 +249,7 @@ class DenoiseView:
         """One picture of the canvas: the window of lines around the focus + the status."""
         end = min(self.focus + 1 + FOCUS_TAIL, len(step.tokens))
         text = canvas_text(step.tokens, self.texts, self.mask_id, revealed=step.revealed,
-                           confidence=self.confidence, end=end)
+                           confidence=self.confidence, end=end, edited=step.edited)
         height = max(self.console.size.height - 2, 1)
         return Group(last_lines(text, self.console, height),
                      Text(self.progress.line(), style=STYLE_STATUS))
@@ -253,8 +264,9 @@ class DenoiseView:
 
 
 def summary_line(gen: Generation) -> str:
+    edits = f", {gen.edits} edits" if gen.edits else ""
     return (f"dllm: {gen.gen_tokens} tokens in {gen.seconds:.1f} s ({gen.tokens_per_second:.1f} tok/s), "
-            f"{gen.steps} steps, {gen.forwards} forwards")
+            f"{gen.steps} steps, {gen.forwards} forwards{edits}")
 
 
 # ---- loading --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class CodeReport:
         g = self.gen
         data: dict[str, Any] = {
             "model": self.model, "prompt_tokens": g.prompt_tokens, "gen_tokens": g.gen_tokens,
-            "steps": g.steps, "forwards": g.forwards, "seconds": round(g.seconds, 4),
+            "steps": g.steps, "forwards": g.forwards, "edits": g.edits, "seconds": round(g.seconds, 4),
             "tokens_per_second": round(g.tokens_per_second, 2), "output": g.text,
             "patch": patch.diff if patch is not None else None,
             "files": list(patch.files) if patch is not None else [],

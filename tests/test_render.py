@@ -50,6 +50,8 @@ class Step:
     forwards: int
     elapsed: float
     done: bool
+    edited: tuple = ()
+    edit_confidences: tuple = ()
 
 
 def steps_for(final: list[int], per_step: int = 1):

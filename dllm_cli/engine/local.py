@@ -38,12 +38,13 @@ class LocalBackend:
         else:
             steps = denoise(self.model, request.prompt_ids, cfg, suffix_ids=request.suffix_ids,
                             cache_refresh=self.cache_refresh, compile=self.compile)
-        last = None
+        last, edits = None, 0
         for step in steps:
-            last = step
+            last, edits = step, edits + len(step.edited)
             yield step
         assert last is not None and last.done, "denoise() ended without a done step"
         answer = [t for t in cut_at_stop(last.tokens, self.tokens.stops) if t != self.tokens.mask]
         tok = self.model.tokenizer
         text = tok.decode(answer, skip_special=True) if tok is not None else ""
-        yield Generation(text, len(answer), last.index + 1, last.forwards, last.elapsed, request.prompt_tokens)
+        yield Generation(text, len(answer), last.index + 1, last.forwards, last.elapsed, request.prompt_tokens,
+                         edits)

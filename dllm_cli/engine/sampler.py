@@ -13,23 +13,29 @@ infilling). Talks to the model only through `engine.model.Denoiser` (aligned log
 docs/architecture.md.
 
 Block diffusion (`cfg.block_loop`, for block-causal models): SDAR's `block_diffusion_generate`,
-Stable-DiffCoder's `generate_block` and Fast-dLLM v2's block + sub-block loop with its token
-shift, as published, over the exact block KV cache (or full recompute, `cache="none"`: the same
-tokens). Its phases are `block_plan` (canvas and blocks: how the prompt meets the first block),
-`_BlockRun.block_logits` / `next_token_logits` (the forwards), `*_propose` (tokens and
-confidences), `*_select` (which masked positions to commit) and `_BlockRun.commit` (the event).
+Stable-DiffCoder's `generate_block`, Fast-dLLM v2's block + sub-block loop with its token
+shift, and LLaDA2's threshold `generate` with LLaDA2.1's token editing (mask-to-token and
+token-to-token updates from one forward; written tokens of the current block are revised,
+never the prompt's or an earlier block's), as published, over the exact block KV cache (or
+full recompute, `cache="none"`: the same tokens). Its phases are `block_plan` (canvas and
+blocks: how the prompt meets the first block), `_BlockRun.block_logits` / `next_token_logits`
+(the forwards), `*_propose` (tokens and confidences), `*_select` / `llada2_edits` (which
+positions to write) and `_BlockRun.commit` / `llada2_commit` (the event).
 
 Must not: import rich/typer/git, decode text, or know which checkpoint layout the model has.
 Sources: ML-GSAI/LLaDA generate.py, DreamLM/Dream generation_utils.py, NVlabs/Fast-dLLM,
 Open-dCoder's `_mdm_sample`, JetAstra/SDAR generate.py, ByteDance-Seed Stable-DiffCoder's
-`generate_block`, Fast-dLLM v2's `generate`; docs/sampling.md explains every option and cites them.
+`generate_block`, Fast-dLLM v2's `generate`, inclusionAI's LLaDA2 `generate` (2.0) and the
+LLaDA2.1 editing loop as sglang's JointThreshold and diffusers' BlockRefinementScheduler
+implement it; docs/sampling.md explains every option and cites them.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -471,7 +477,7 @@ def check_block_loop(cfg: SamplerConfig, block: int | None, has_suffix: bool) ->
     block is cfg.block_length, and block-causal models decode only with a block loop."""
     if block is None:
         raise UsageError(f"the {cfg.block_loop} loop needs a block-causal model (SDAR, Stable-DiffCoder, "
-                         "Fast-dLLM v2); this model attends bidirectionally: leave block_loop unset")
+                         "Fast-dLLM v2, LLaDA2); this model attends bidirectionally: leave block_loop unset")
     if cfg.block_loop is None:
         raise UsageError("this model attends block-causally and decodes with its own loop: use its recipe "
                          "(dllm_cli.config.family_sampler(family, block), or SamplerConfig(block_loop=...))")
@@ -502,13 +508,13 @@ class BlockPlan:
 
 def block_plan(cfg: SamplerConfig, prompt_len: int) -> BlockPlan:
     """The canvas of each loop, as the official code builds it (G = gen_length, B = block):
-    sdar: ceil((P + G) / B) * B positions (it rounds the last block up); stable-diffcoder:
+    sdar and llada2: ceil((P + G) / B) * B positions (they round the last block up); stable-diffcoder:
     exactly P + G (its last block is cut to P mod B tokens); fast-dllm-v2: floor(P / B) * B + G
     (G // B blocks from the block that holds the prompt's end). Steps per block:
     steps // (G / B) (SDAR's denoising_steps; Stable-DiffCoder's steps // gen_blocks)."""
     B, G, P = cfg.block, cfg.gen_length, prompt_len
     first = P // B * B
-    if cfg.block_loop == "sdar":
+    if cfg.block_loop in ("sdar", "llada2"):
         end = -(-(P + G) // B) * B
     elif cfg.block_loop == "stable-diffcoder":
         end = P + G
@@ -625,6 +631,14 @@ def v2_select(conf: torch.Tensor, masked: torch.Tensor, threshold: float | None)
     return accept & masked
 
 
+def llada2_edits(x0: torch.Tensor, prob: torch.Tensor, current: torch.Tensor, editable: torch.Tensor,
+                 editing_threshold: float) -> torch.Tensor:
+    """LLaDA2.1's token-to-token set Δ: the editable rows (written, not the prompt's) whose
+    proposal differs from what is written and has p > editing_threshold (strict: 0 edits on any
+    disagreement, as sglang and the MLX port read it)."""
+    return editable & (x0 != current) & (prob > editing_threshold)
+
+
 class _BlockRun:
     """One block-diffusion denoise() run (batch 1): the canvas, the forwards over the exact
     BlockKVCache (cfg.cache "exact") or full recomputes ("none"), the random stream, the events.
@@ -711,7 +725,8 @@ class _BlockRun:
     # ---- the loops ------------------------------------------------------------------------
 
     def steps(self) -> Iterator[DenoiseStep]:
-        loop = {"sdar": self.sdar_block, "stable-diffcoder": self.sdc_block, "fast-dllm-v2": self.v2_block}
+        loop = {"sdar": self.sdar_block, "stable-diffcoder": self.sdc_block, "fast-dllm-v2": self.v2_block,
+                "llada2": self.llada2_block}
         decode = loop[str(self.cfg.block_loop)]
         blocks = self.plan.blocks
         if self.cfg.block_loop == "fast-dllm-v2" and self.plan.prefill == self.P:
@@ -780,6 +795,80 @@ class _BlockRun:
                 x0, prob = v2_propose(lg, self.cfg, self.mask, self.gen)
                 conf = torch.where(masked, prob, torch.full_like(prob, -torch.inf))
                 yield self.commit(ss, v2_select(conf, masked, self.cfg.threshold), x0, prob)
+
+    def llada2_block(self, bs: int, be: int) -> Iterator[DenoiseStep]:
+        """LLaDA2 generate, one block. 2.0 (no editing_threshold): a transfer schedule over the
+        block length (llada_schedule(B, steps)); each step forwards, proposes every row (SDAR's
+        sampling: argmax at T = 0) and commits the masked rows with p > threshold if there are at
+        least the step's count of them, else the count's most confident; the block ends when no
+        mask is left. 2.1: each step also edits (llada2_edits, from the same forward); steps go on
+        past the schedule (one token at least) while masks remain, then at most max_post_steps
+        steps of editing alone, the block ending early on a step that changes nothing. A finished
+        block that holds a stop token ends the generation (cfg.early_stop)."""
+        cfg = self.cfg
+        counts = llada_schedule(cfg.block, self.plan.steps_per_block)
+        editing = cfg.editing_threshold is not None
+        last_block = be == self.plan.end
+        not_prompt = torch.arange(bs, be, device=self.x.device) >= self.P  # prompt rows are never edited
+        post = 0  # steps run on a block with no mask left
+        for i in itertools.count():
+            m = self.masks_left(bs, be)
+            post += m == 0
+            masked = self.masked(bs, be)
+            lg = self.block_logits(bs, be)
+            x0, prob = sdar_propose(lg, cfg, self.mask, self.gen)
+            accept = torch.zeros_like(masked)
+            if m:
+                conf = prob if cfg.alg != "random" else torch.rand(prob.shape, generator=self.gen,
+                                                                    device=prob.device).to(prob.dtype)
+                conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
+                accept = sdar_select(conf, masked, counts[i] if i < len(counts) else 1, cfg.threshold, m)
+            edit = torch.zeros_like(masked)
+            if cfg.editing_threshold is not None:
+                edit = llada2_edits(x0, prob, self.x[0, bs:be], ~masked & not_prompt, cfg.editing_threshold)
+            step = self.llada2_commit(bs, accept, edit, x0, prob)
+            filled = self.masks_left(bs, be) == 0
+            # the block's last step: filled without editing; with it, a step that changed nothing
+            # or the last of the post steps (the next one would not run)
+            end = filled and (not editing or (m == 0 and not step.edited) or post + 1 > cfg.max_post_steps)
+            if end:
+                step = self.block_end(step, last_block)
+            yield step
+            if end:
+                return
+
+    def llada2_commit(self, bs: int, accept: torch.Tensor, edit: torch.Tensor, x0: torch.Tensor,
+                      prob: torch.Tensor) -> DenoiseStep:
+        """Write x0 where accept (a reveal) or edit (a revision); one host sync; no early stop
+        inside a block (LLaDA2 checks for a stop token when a block is finished)."""
+        n = accept.numel()
+        self.x[0, bs:bs + n] = torch.where(accept | edit, x0, self.x[0, bs:bs + n])
+        flags, edits, toks, ps = torch.stack([accept.double(), edit.double(), x0.double(), prob.double()]).tolist()
+        revealed: list[int] = []
+        edited: list[int] = []
+        probs: list[float] = []
+        edit_probs: list[float] = []
+        for j, (f, e, t, p) in enumerate(zip(flags, edits, toks, ps)):
+            if f or e:
+                self.tokens[bs + j - self.P] = int(t)
+                (revealed if f else edited).append(bs + j - self.P)
+                (probs if f else edit_probs).append(p)
+        step = DenoiseStep(self.index, list(self.tokens), revealed, probs, self.forwards,
+                           time.perf_counter() - self.start, False, edited=edited, edit_confidences=edit_probs)
+        self.index += 1
+        return step
+
+    def block_end(self, step: DenoiseStep, last_block: bool) -> DenoiseStep:
+        """The finished block's last step: `done` when it is the last block, or when a stop token
+        has been written (cfg.early_stop; the masks after it are filled with eos, as revealed)."""
+        stops = self.model.tokens.stops
+        if not last_block and not (self.cfg.early_stop and any(t in stops for t in self.tokens)):
+            return step
+        fill = [p for p, t in enumerate(self.tokens) if t == self.mask]
+        for pos in fill:
+            self.tokens[pos] = self.model.tokens.eos
+        revealed, probs = _merge(step.revealed, step.confidences, fill)
+        return replace(step, tokens=list(self.tokens), revealed=revealed, confidences=probs, done=True)
 
     def next_token(self, pos: int) -> DenoiseStep:
         """Fast-dLLM v2: the token at `pos` (a block's first) by argmax of the logits of the

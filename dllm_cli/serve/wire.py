@@ -4,10 +4,10 @@ Knows: how a `/v1/chat/completions` or `/v1/completions` body turns into a `Call
 `events.Request` + a `SamplerConfig` + the reply options), with every bad value a `WireError`
 (HTTP status and the OpenAI error envelope `{"error": {"message", "type", "param", "code"}}`);
 which fields are read (unknown ones are ignored); dllm's extension object `"dllm"` in a request
-(`steps`, `block_length`, `threshold`, `alg`) and in every reply chunk (step, masked / revealed
-positions, confidences, the canvas); how one generation's events become SSE chunks: whole drafts
-with `"diffusing": true` (Mercury's field), committed increments otherwise; the non-stream
-response and usage counts. docs/serve.md documents every field.
+(`steps`, `block_length`, `threshold`, `alg`, `editing_threshold`) and in every reply chunk
+(step, masked / revealed / edited positions, confidences, the canvas); how one generation's
+events become SSE chunks: whole drafts with `"diffusing": true` (Mercury's field), committed
+increments otherwise; the non-stream response and usage counts. docs/serve.md documents every field.
 Must not: import torch or FastAPI, touch files or the network, or run a model.
 """
 
@@ -31,9 +31,10 @@ MASK_GLYPH = "░"  # a still-masked position in a diffusing draft
 DEFAULT_MAX_TOKENS = SamplerConfig().gen_length
 MAX_STOPS = 4
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-EXTENSION_KEYS = ("steps", "block_length", "threshold", "alg")
+EXTENSION_KEYS = ("steps", "block_length", "threshold", "alg", "editing_threshold")
 # The sampler's messages name command-line options; a request names fields.
-_OPTION_FIELDS = (("--gen-length", "max_tokens"), ("--block-length", "dllm.block_length"),
+_OPTION_FIELDS = (("--editing-threshold", "dllm.editing_threshold"),  # before --threshold, which it contains
+                  ("--gen-length", "max_tokens"), ("--block-length", "dllm.block_length"),
                   ("--steps", "dllm.steps"), ("--threshold", "dllm.threshold"), ("--alg", "dllm.alg"),
                   ("--temperature", "temperature"), ("--top-p", "top_p"))
 
@@ -169,8 +170,9 @@ def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS,
     """The SamplerConfig a request asks for, over `base` (the served checkpoint family's recipe,
     as `dllm code` starts from it): max_tokens (or max_completion_tokens; without either, 128 or
     the `room` left in the context if less), temperature, top_p, seed, and the extension object
-    {"dllm": {steps, block_length, threshold, alg}}; the same rules as `dllm code`'s options (0
-    turns block_length / threshold off)."""
+    {"dllm": {steps, block_length, threshold, alg, editing_threshold}}; the same rules as
+    `dllm code`'s options (0 turns block_length / threshold off; editing_threshold, LLaDA2 only:
+    a number in [0, 1] or "off")."""
     ext = body.get("dllm")
     if ext is None:
         ext = {}
@@ -186,11 +188,15 @@ def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS,
     alg = ext.get("alg")
     if alg is not None and not isinstance(alg, str):
         raise WireError(400, "'dllm.alg' must be a string", param="dllm.alg")
+    editing = ext.get("editing_threshold")
+    if editing is not None and (isinstance(editing, bool) or not isinstance(editing, (int, float, str))):
+        raise WireError(400, "'dllm.editing_threshold' must be a number in [0, 1] or \"off\"",
+                        param="dllm.editing_threshold")
     try:
         cfg = SamplerConfig.from_options(
             base, gen_length=max_tokens or max(1, min(DEFAULT_MAX_TOKENS, room)), steps=_int(ext, "steps", 1, "dllm."),
             block_length=_int(ext, "block_length", 0, "dllm."), temperature=temperature,
-            threshold=_number(ext, "threshold", 0.0, 1.0, "dllm."), seed=seed, alg=alg)
+            threshold=_number(ext, "threshold", 0.0, 1.0, "dllm."), seed=seed, alg=alg, editing_threshold=editing)
         return cfg.with_(top_p=top_p) if top_p is not None else cfg
     except DllmError as err:
         message = str(err)
@@ -327,12 +333,26 @@ class Reply:
             parts.append(MASK_GLYPH if t == mask else self.piece(t))
         return cut_at_stops("".join(parts), self.call.stops)[0]
 
+    def settled(self, tokens: list[int]) -> list[int]:
+        """The tokens no later step can change: all of them, except under LLaDA2.1's token editing,
+        where the block being decoded (the last one with a written token; blocks are aligned at
+        canvas position 0, the prompt included) can still be revised: only the blocks before it."""
+        cfg, mask = self.call.cfg, self.served.tokens.mask
+        if cfg.editing_threshold is None:
+            return tokens
+        last = max((i for i, t in enumerate(tokens) if t != mask), default=None)
+        if last is None:
+            return []
+        P = len(self.call.request.prompt_ids)
+        return tokens[:max(0, (P + last) // cfg.block * cfg.block - P)]
+
     def committed(self, tokens: list[int]) -> str:
-        """The settled text: the decoded tokens before the first mask or stop token, without a
-        trailing partial character, cut at a stop string, minus what could still become one."""
+        """The settled text: the decoded settled tokens before the first mask or stop token,
+        without a trailing partial character, cut at a stop string, minus what could still
+        become one."""
         stops, mask = self.served.tokens.stops, self.served.tokens.mask
         ids = []
-        for t in tokens:
+        for t in self.settled(tokens):
             if t == mask or t in stops:
                 break
             ids.append(t)
@@ -354,7 +374,9 @@ class Reply:
                "gen_length": len(step.tokens),
                "masked": [i for i, t in enumerate(step.tokens) if t == self.served.tokens.mask],
                "revealed": list(step.revealed), "confidences": [round(c, 4) for c in step.confidences],
-               "remasked": list(step.remasked), "canvas": self.canvas(step.tokens), "done": False}
+               "remasked": list(step.remasked), "edited": list(step.edited),
+               "edit_confidences": [round(c, 4) for c in step.edit_confidences],
+               "canvas": self.canvas(step.tokens), "done": False}
         if self.call.diffusing:
             return self._chunk_text(self.draft(step.tokens), None, ext)
         new = ""
@@ -369,7 +391,7 @@ class Reply:
         the usage chunk when stream_options.include_usage asked for it."""
         text, finish = self.final(gen)
         ext = {"done": True, "steps": gen.steps, "forwards": gen.forwards, "seconds": round(gen.seconds, 4),
-               "gen_tokens": gen.gen_tokens}
+               "gen_tokens": gen.gen_tokens, "edits": gen.edits}
         if self.call.diffusing:
             chunks = [self._chunk_text(text, finish, ext)]
         else:
@@ -397,7 +419,7 @@ class Reply:
         return {"id": self.id, "object": self._object(chunk=False), "created": self.created,
                 "model": self.served.model, "choices": [choice], "usage": usage(gen),
                 "dllm": {"steps": gen.steps, "forwards": gen.forwards, "seconds": round(gen.seconds, 4),
-                         "gen_length": self.call.cfg.gen_length}}
+                         "gen_length": self.call.cfg.gen_length, "edits": gen.edits}}
 
     def _object(self, chunk: bool) -> str:
         if self.call.kind == "chat":
