@@ -202,8 +202,6 @@ def bench_model(model: "Model", *, label: str, shape: str | None = None, load_s:
     bandwidth = measure_bandwidth(dev)
     block = attention_block(model)
     base = family_sampler(model.spec.family, block) if block is not None else None
-    if base is not None and base.block_loop is None:  # a block-causal family without its own loop in
-        base = family_sampler("sdar", block)  # config.py yet (LLaDA2): SDAR's loop in its blocks
     configs = bench_configs(gen_length, ks, base)
     warm = configs[1][2]
     if base is not None:  # block diffusion: two blocks warm every path (a big shape's run takes minutes)

@@ -285,7 +285,7 @@ def bench(
     model: ModelOpt = None,
     shape: Annotated[Optional[str], typer.Option(help="Random weights of a published shape on the "
                      "device instead of a checkpoint: dream-7b, llada-8b, open-dcoder-0.5b, sdar-8b, sdar-1.7b, "
-                     "stable-diffcoder-8b, fast-dllm-v2-7b.", show_default=False)] = None,
+                     "stable-diffcoder-8b, fast-dllm-v2-7b, llada2-mini, sdar-30b-a3b.", show_default=False)] = None,
     layers: Annotated[Optional[int], typer.Option(help="With --shape: this many layers instead of the "
                       "published depth (widths and vocabulary unchanged), e.g. to fit a CPU.",
                       show_default=False)] = None,
