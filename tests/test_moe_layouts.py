@@ -101,6 +101,7 @@ def _sets(chosen: torch.Tensor) -> list[frozenset[int]]:
 
 # ---- the networks against transformers -----------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # Glm4Moe's zero-width shared expert
 def test_parity_with_transformers_under_the_block_causal_mask(pair):
     name, ours, ref = pair
     ids, B = _ids(ours), ours.attention_block
