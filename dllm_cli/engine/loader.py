@@ -30,6 +30,7 @@ from ..tokenizer import Tokenizer
 from .device import check_memory, pick_device, pick_dtype
 from .layouts import LAYOUTS, MODEL_CLASSES, DiffusionModel, ModelSpec
 from .model import Model
+from .quant import Int8Linear, prepare
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed buffers some exporters save
 
@@ -244,7 +245,7 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(got)} but config.json "
                                       f"implies {list(want)}; the weights and config.json disagree (re-download "
                                       "the config.json and weights of the same model)")
-            _assign(model, name, f.get(name).to(device=device, dtype=dtype))
+            _assign(model, name, f.get(name), device, dtype)
             seen.add(name)
     missing = [n for n in expected if n not in seen]
     if missing:
@@ -252,23 +253,28 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                               f"({len(missing)} missing); download every shard of the checkpoint")
 
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
-    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    if isinstance(module, Int8Linear) and leaf == "weight":  # --quant int8: quantised as it arrives
+        module.load_weight(tensor.to(device=device))
+        return
+    module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
 # ---- the public entry points -----------------------------------------------------------------
 
 def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAULT, device: str | torch.device = "cpu",
                dtype: str | torch.dtype = torch.float32, allow_pickle: bool = False,
-               memory_limit: int | None = None, tokenizer: Tokenizer | None = None) -> Model:
+               memory_limit: int | None = None, tokenizer: Tokenizer | None = None, quant: str = "none") -> Model:
     """Load a checkpoint folder ("default" or None: the embedded model; or an inspected Checkpoint).
 
     device: "cpu" | "cuda[:N]" | "mps" | "auto"; dtype: a torch dtype or its name ("auto"
     too). memory_limit (bytes) replaces the free-memory probe (tests; $DLLM_MEMORY_LIMIT).
-    tokenizer: the checkpoint's, when the caller has already read it.
+    tokenizer: the checkpoint's, when the caller has already read it. quant: "none" | "int8"
+    (weight-only int8 linears, quantised tensor by tensor while loading: engine/quant.py).
     """
+    quant = catalog.quant_mode(quant)
     ckpt = path if isinstance(path, Checkpoint) else catalog.inspect(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -277,10 +283,23 @@ def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAUL
     files, kind = weight_files(ckpt.folder, allow_pickle)
     spec = _untie_if_head_present(spec, files, kind)
     check_tokenizer(tokenizer, spec, ckpt.folder)
-    check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit)
+    nbytes = None
+    if quant == "int8" and kind == "safetensors":  # pickles: the load-dtype estimate (an upper bound)
+        nbytes = catalog.weight_bytes(catalog.tensor_shapes(files), torch.empty((), dtype=dt).element_size(),
+                                      quant, None if spec.tied else LAYOUTS[spec.layout].HEAD_NAME)
+    check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit, nbytes=nbytes)
     net = build_on_meta(spec, dt)
+    if quant == "int8":
+        prepare(net, net.layers(), _head_module(spec), dt)
     load_weights(net, files, kind, dev, dt)
     return Model(_frozen(net), tokenizer.special_tokens(), tokenizer, ckpt)
+
+
+def _head_module(spec: ModelSpec) -> str | None:
+    """The untied LM head's module name when it is quantised (catalog.QUANT_HEAD), else None."""
+    if spec.tied or not catalog.QUANT_HEAD:
+        return None
+    return LAYOUTS[spec.layout].HEAD_NAME.rpartition(".")[0]
 
 
 def _untie_if_head_present(spec: ModelSpec, files: list[Path], kind: str) -> ModelSpec:
@@ -340,19 +359,27 @@ def config_tokens(config: Mapping[str, Any]) -> SpecialTokens:
 
 def random_model(config: Mapping[str, Any], *, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, tokenizer: Tokenizer | None = None,
-                 seed: int = 0) -> Model:
+                 seed: int = 0, quant: str = "none") -> Model:
     """A model of any shape (e.g. PUBLISHED_SHAPES[...]) with random weights, built on `device`.
 
-    Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text.
+    Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text. quant "int8":
+    each linear quantised (engine/quant.py) right after its random fill.
     """
+    quant = catalog.quant_mode(quant)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     tokens = tokenizer.special_tokens() if tokenizer is not None else config_tokens(config)
-    net = build_on_meta(model_spec(config, "config"), dt).to_empty(device=dev)
+    net = build_on_meta(model_spec(config, "config"), dt)
+    if quant == "int8":  # each linear is drawn in full precision, then quantised: the same weights
+        prepare(net, net.layers(), _head_module(net.spec), dt)  # as quant="none" with this seed
+    net = net.to_empty(device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+        for name, p in list(net.named_parameters()):
+            module = net.get_submodule(name.rpartition(".")[0])
+            if isinstance(module, Int8Linear) and name.endswith(".weight"):
+                module.load_weight(torch.empty(p.shape, dtype=dt, device=dev).normal_(0.0, 0.02, generator=gen))
+            elif name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 p.fill_(1.0)
             elif name.endswith(".bias"):
                 p.zero_()
