@@ -4,7 +4,9 @@ Knows: the weight files (safetensors single or sharded, refused `.bin` pickles),
 meta-device load (every tensor consumed, every shape checked), the memory check before any
 weight is read, the tokenizer checks (a block-diffusion checkpoint's mask id must be a special
 token of its tokenizer), and random weights of the published shapes (`dllm bench --shape`;
-`reduced(shape, layers=N)` keeps the widths and cuts the depth). What the
+`reduced(shape, layers=N)` keeps the widths and cuts the depth), and `quant="int8"`: the linears
+replaced on the meta model by engine/quant.py's Int8Linear, each weight quantised as it is read.
+What the
 folder is (layout, family, tokenizer files, template) comes from `catalog.inspect`.
 Must not: know about terminals, or run checkpoint-supplied code. Every failure a user can
 cause is a DllmError whose one-line message names the file.
