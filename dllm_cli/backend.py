@@ -39,9 +39,10 @@ class Backend(Protocol):
 
 
 def open_local(ckpt: "Checkpoint", device: str, dtype: str, tokenizer: "Tokenizer | None" = None,
-               describe: Callable[[str], None] | None = None) -> Backend:
+               describe: Callable[[str], None] | None = None, quant: str = "none") -> Backend:
     """Load the checkpoint onto `device` in `dtype` ("auto" allowed) as a local Backend (torch is
-    imported here). `describe` hears "name (dtype) on device" once both are chosen."""
+    imported here). `describe` hears "name (dtype) on device" once both are chosen. quant "int8":
+    weight-only int8 linears."""
     from .engine.device import dtype_name, pick_device, pick_dtype
     from .engine.loader import load_model
     from .engine.local import LocalBackend
@@ -49,5 +50,5 @@ def open_local(ckpt: "Checkpoint", device: str, dtype: str, tokenizer: "Tokenize
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if describe is not None:
-        describe(f"{ckpt.name} ({dtype_name(dt)}) on {dev}")
-    return LocalBackend(load_model(ckpt, device=dev, dtype=dt, tokenizer=tokenizer))
+        describe(f"{ckpt.name} ({dtype_name(dt)}{', int8 weights' if quant == 'int8' else ''}) on {dev}")
+    return LocalBackend(load_model(ckpt, device=dev, dtype=dt, tokenizer=tokenizer, quant=quant))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import generate
@@ -81,6 +81,8 @@ class BenchReport:
     # Dense models: = n_params and floor_ms.
     active_params: int = 0
     active_floor_ms: float = 0.0
+    quant: str = "none"
+    quant_check: "QuantCheck | None" = None  # --quant int8: against the same weights unquantised
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,13 +91,37 @@ class BenchReport:
         return next(r for r in self.rows if r.name == name)
 
 
+@dataclass(frozen=True)
+class QuantCheck:
+    """`dllm bench --quant int8`: the quantised model against the same weights unquantised, in this
+    run (logits on each prompt's canvas: the prompt then gen_length masks; one greedy generation)."""
+
+    modules: int  # linears stored as int8
+    weights_bytes: int  # parameter + buffer bytes unquantised
+    weights_bytes_q: int  # quantised (int8 weights, fp32 scales, the rest in the load dtype)
+    max_abs: float  # max |logit difference|
+    max_rel: float  # max over positions of ||difference||2 / ||logits||2
+    mean_rel: float  # mean over positions of the same
+    argmax_agreement: float  # share of positions whose argmax is the same
+    greedy_identical: bool  # the reference setting (greedy) on the first prompt: identical tokens
+    greedy_agreement: float  # share of equal tokens of that generation
+    forward_ms: float  # one full forward over the first canvas, unquantised (median of 5, interleaved)
+    forward_ms_q: float  # the same, quantised
+
+
 def run_bench(model_path: str | None, *, shape: str | None = None, device: str | None = "cpu",
               dtype: str | None = "float32", gen_length: int = 128, prompts: list[str] | None = None,
               ks: Sequence[int] = (), repeats: int = 1, compile: bool = False, layers: int | None = None,
-              prompt_tokens: int = SYNTHETIC_PROMPT_TOKENS, n_prompts: int | None = None) -> BenchReport:
+              prompt_tokens: int = SYNTHETIC_PROMPT_TOKENS, n_prompts: int | None = None,
+              quant: str = "none") -> BenchReport:
     """Load a checkpoint (None: the embedded default) or random weights of a published `shape`
     (with `layers` layers instead of its own: a reduced-depth shape), and bench it. `n_prompts`:
-    the first N tasks (or N synthetic prompts of `prompt_tokens` tokens for a shape)."""
+    the first N tasks (or N synthetic prompts of `prompt_tokens` tokens for a shape). quant
+    "int8": the rows time the quantised model; then the same weights are loaded unquantised and
+    compared (`QuantCheck`)."""
+    from .catalog import quant_mode
+
+    quant = quant_mode(quant)
     from .engine.device import pick_device, pick_dtype, sync
     from .engine.loader import PUBLISHED_SHAPES, load_model, random_model, reduced
 
@@ -110,17 +136,65 @@ def run_bench(model_path: str | None, *, shape: str | None = None, device: str |
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     start = time.perf_counter()
-    if shape is not None:
-        model = random_model(reduced(PUBLISHED_SHAPES[shape], layers), device=dev, dtype=dt)
-    else:
-        model = load_model(model_path, device=dev, dtype=dt)
+    def load(q: str) -> "Model":
+        if shape is not None:
+            return random_model(reduced(PUBLISHED_SHAPES[shape], layers), device=dev, dtype=dt, quant=q)
+        return load_model(model_path, device=dev, dtype=dt, quant=q)
+
+    model = load(quant)
     sync(dev)
     load_s = time.perf_counter() - start
     label = (f"random weights, {shape} shape" + (f" with {layers} layers" if layers is not None else "")
              if shape else (model.checkpoint.name if model.checkpoint else "?"))
-    return bench_model(model, label=label, shape=shape, load_s=load_s,
-                       prompt_ids=prompt_token_ids(model, prompts, prompt_tokens, n_prompts), gen_length=gen_length,
-                       ks=ks, repeats=repeats, compile=compile)
+    ids = prompt_token_ids(model, prompts, prompt_tokens, n_prompts)
+    report = bench_model(model, label=label, shape=shape, load_s=load_s, prompt_ids=ids, gen_length=gen_length,
+                         ks=ks, repeats=repeats, compile=compile)
+    if quant == "none":
+        return report
+    check = compare_quant(load("none"), model, ids, gen_length)
+    return replace(report, quant=quant, quant_check=check,
+                   notes=report.notes + [f"--quant {quant}: the rows time the quantised model; the drift and "
+                                         "the per-forward times compare it with the same weights unquantised"])
+
+
+def compare_quant(full: "Model", quantised: "Model", prompt_ids: list[list[int]], gen_length: int) -> QuantCheck:
+    """QuantCheck of `quantised` against `full` (the same weights) on the prompts' canvases."""
+    import torch
+
+    from .engine.device import sync
+    from .engine.model import attention_block
+    from .engine.quant import quantised_modules, storage_bytes
+
+    rel: list[torch.Tensor] = []
+    max_abs, same, total = 0.0, 0, 0
+    canvases = [torch.tensor([p + [full.tokens.mask] * gen_length], device=full.device) for p in prompt_ids]
+    for ids in canvases:
+        a, b = full.logits(ids).float(), quantised.logits(ids).float()
+        max_abs = max(max_abs, float((a - b).abs().max()))
+        rel.append(((a - b).norm(dim=-1) / a.norm(dim=-1).clamp_min(1e-12)).flatten())
+        same += int((a.argmax(-1) == b.argmax(-1)).sum())
+        total += a.shape[1]
+    errors = torch.cat(rel)
+    times: dict[str, list[float]] = {"full": [], "q": []}
+    for i in range(6):  # interleaved; the first of each is a warm-up
+        for key, model in (("full", full), ("q", quantised)):
+            sync(model.device)
+            t = time.perf_counter()
+            model.logits(canvases[0])
+            sync(model.device)
+            if i:
+                times[key].append(time.perf_counter() - t)
+    block = attention_block(full)
+    base = family_sampler(full.spec.family, block) if block is not None else None
+    ref_cfg = bench_configs(gen_length, (), base)[0][2]
+    finals = [_timed(m, prompt_ids[0], ref_cfg, "delayed", False)[0] for m in (full, quantised)]
+    a_tokens, b_tokens = (t.last.tokens if t.last is not None else [] for t in finals)
+    return QuantCheck(
+        modules=len(quantised_modules(quantised.net)), weights_bytes=storage_bytes(full.net),
+        weights_bytes_q=storage_bytes(quantised.net), max_abs=max_abs, max_rel=float(errors.max()),
+        mean_rel=float(errors.mean()), argmax_agreement=same / total, greedy_identical=a_tokens == b_tokens,
+        greedy_agreement=sum(x == y for x, y in zip(a_tokens, b_tokens)) / max(len(a_tokens), 1),
+        forward_ms=1e3 * statistics.median(times["full"]), forward_ms_q=1e3 * statistics.median(times["q"]))
 
 
 def prompt_token_ids(model: "Model", prompts: list[str] | None = None,
@@ -198,7 +272,8 @@ def bench_model(model: "Model", *, label: str, shape: str | None = None, load_s:
     from .engine.model import attention_block
 
     dev = torch.device(model.device)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    scales = list(model.net.buffers()) if hasattr(model, "net") else []  # --quant int8: the fp32 scales
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *scales])
     bandwidth = measure_bandwidth(dev)
     block = attention_block(model)
     base = family_sampler(model.spec.family, block) if block is not None else None
@@ -367,4 +442,18 @@ def format_report(report: BenchReport) -> str:
 
     body = [fmt(cols)] + [fmt(line) for line in lines]
     legend = [""] + [f"{r.name}: {r.settings}" for r in report.rows] + [f"note: {n}" for n in report.notes]
-    return "\n".join(head + body + legend) + "\n"
+    return "\n".join(head + body + legend + _quant_lines(report)) + "\n"
+
+
+def _quant_lines(report: BenchReport) -> list[str]:
+    q = report.quant_check
+    if q is None:
+        return []
+    return ["", f"--quant {report.quant}: {q.modules} linears as int8; weights {q.weights_bytes / 1e9:.3f} GB "
+            f"-> {q.weights_bytes_q / 1e9:.3f} GB ({q.weights_bytes_q / q.weights_bytes:.2f}x)",
+            f"logits vs unquantised: max |diff| {q.max_abs:.4g}; relative (L2 per position) max {q.max_rel:.4f}, "
+            f"mean {q.mean_rel:.4f}; argmax agreement {100 * q.argmax_agreement:.1f}%",
+            f"greedy reference generation (first prompt): {100 * q.greedy_agreement:.1f}% equal tokens, identical: "
+            f"{'yes' if q.greedy_identical else 'no'}",
+            f"one full forward over the first canvas: {q.forward_ms:.2f} ms unquantised, {q.forward_ms_q:.2f} ms "
+            f"int8 ({q.forward_ms_q / q.forward_ms:.2f}x)"]

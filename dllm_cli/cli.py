@@ -77,6 +77,9 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
 DtypeOpt = Annotated[Optional[str], typer.Option(
     "--dtype", help="float32, bfloat16, float16 or auto (bfloat16 on GPU, float32 on CPU).",
     show_default=False)]
+QuantOpt = Annotated[Optional[str], typer.Option(
+    "--quant", help="Weights: none, or int8 (weight-only int8 linears: about half the memory of bfloat16; "
+    "docs/performance.md).", show_default="none, or the user config's quant")]
 
 
 @app.command(epilog=EXAMPLES)
@@ -88,6 +91,7 @@ def code(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quant: QuantOpt = None,
     gen_length: Annotated[Optional[int], typer.Option(help="Tokens to generate (the canvas).",
                                                       show_default="128")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (an upper bound with "
@@ -156,7 +160,7 @@ def code(
                            model_name=model_name(model_path))
     run_code(CodeOptions(task=task, paths=tuple(paths or ()), stdin_text=stdin_text, notes=tuple(notes),
                          model=model_path, device=settings.device_choice(device),
-                         dtype=settings.dtype_choice(dtype), cfg=cfg, infill=infill,
+                         dtype=settings.dtype_choice(dtype), quant=settings.quant_choice(quant), cfg=cfg, infill=infill,
                          show_context=show_context, review=review, endpoint=remote,
                          api_key_env=api_key_env or settings.api_key_env, no_server=no_server,
                          timeout=settings.timeout_choice(), home=settings.home, sampler_options=options), ui)
@@ -268,7 +272,8 @@ def models(
         chosen = catalog.default_model_dir() if chosen_path is None else Path(chosen_path).expanduser()
     candidates = catalog.model_candidates(settings.models_dir, [("$DLLM_MODEL", settings.env_model or ""),
                                                                 ("config", settings.model or "")], paths or [])
-    rows = [catalog.describe(c, chosen) for c in candidates]
+    free = catalog.available_ram()
+    rows = [catalog.describe(c, chosen, free) for c in candidates]
     if json_out:
         ui.write_json([r.as_dict() for r in rows])
         return
@@ -276,6 +281,9 @@ def models(
 
     render_models(ui.out, rows)
     ui.say("* = the model `dllm code` uses now (--model > $DLLM_MODEL > user config > default)")
+    ui.say("bf16 / int8: the weights' memory in bfloat16 and with --quant int8; fits: in bf16, only in int8, or "
+           f"no, against {'-' if free is None else f'{free / 2 ** 30:.1f} GiB'} free RAM "
+           "(DLLM_MEMORY_LIMIT=<bytes> to judge a GPU's memory)")
 
 
 # ---- dllm bench ---------------------------------------------------------------------------------
@@ -294,6 +302,7 @@ def bench(
                        "coding tasks; with --shape, N random prompts).", show_default="4")] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quant: QuantOpt = None,
     gen_length: Annotated[int, typer.Option(help="Tokens generated per run.")] = 128,
     k: Annotated[Optional[List[int]], typer.Option("--k", help="Also time a fixed k tokens committed "
                  "per forward (repeatable: --k 1 --k 2).", show_default=False)] = None,
@@ -310,7 +319,8 @@ def bench(
     model_path = None if shape else settings.model_choice(model)[0]
     report = run_bench(model_path, shape=shape, device=settings.device_choice(device),
                        dtype=settings.dtype_choice(dtype), gen_length=gen_length, ks=tuple(k or ()),
-                       layers=layers, prompt_tokens=prompt_tokens, n_prompts=prompts)
+                       layers=layers, prompt_tokens=prompt_tokens, n_prompts=prompts,
+                       quant=settings.quant_choice(quant))
     if json_out:
         ui.write_json(report.as_dict())
     else:
@@ -324,6 +334,7 @@ def serve(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    quant: QuantOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on. Anything but loopback needs --api-key.")]
         = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free one; printed and in the discovery file).")] = 8765,
@@ -354,8 +365,8 @@ def serve(
 
     model_path, _ = settings.model_choice(model)
     run_server(ServeOptions(model=model_path, device=settings.device_choice(device),
-                            dtype=settings.dtype_choice(dtype), host=host, port=port,
-                            api_key=check_key(api_key), queue=queue), ui, settings.home)
+                            dtype=settings.dtype_choice(dtype), quant=settings.quant_choice(quant), host=host,
+                            port=port, api_key=check_key(api_key), queue=queue), ui, settings.home)
 
 
 # ---- the edge -----------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class CodeOptions:
     model: str | None = None  # checkpoint folder; None: the embedded default
     device: str = "auto"
     dtype: str = "auto"
+    quant: str = "none"  # "int8": weight-only int8 linears (engine/quant.py)
     cfg: SamplerConfig = field(default_factory=SamplerConfig)
     infill: bool | None = None  # True: --infill, False: --no-infill, None: when there are stubs
     show_context: bool = False
@@ -82,7 +83,7 @@ def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | 
     if regions and (opts.stdin_text or opts.notes):  # notes only say how stdin was cut
         ui.say("dllm: piped input not sent: in infill mode the model sees only the file around "
                "the region (--no-infill sends it)", style="yellow")
-    backend = backend or warm(ui, ckpt, opts) or load(ui, ckpt, tokenizer, opts.device, opts.dtype)
+    backend = backend or warm(ui, ckpt, opts) or load(ui, ckpt, tokenizer, opts.device, opts.dtype, opts.quant)
     if regions:
         fill_regions(ui, backend, ckpt, tokenizer, tree, regions, opts, window_text=not exact)
     else:
@@ -149,13 +150,13 @@ def family_defaults(opts: CodeOptions, ckpt: Checkpoint) -> CodeOptions:
     return replace(opts, cfg=cfg, infill=infill)
 
 
-def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str) -> Backend:
+def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str, quant: str = "none") -> Backend:
     """The local engine with the checkpoint loaded, under a progress bar drawn before torch is
     imported (1-2 s on a CPU); its label gains the device and dtype once they are known."""
     from .render import loading
 
     with loading(ui.err, ckpt.name) as describe:
-        return open_local(ckpt, device, dtype, tokenizer, describe)
+        return open_local(ckpt, device, dtype, tokenizer, describe, quant=quant)
 
 
 def generate_live(ui: Ui, backend: Backend, request: Request, cfg: SamplerConfig) -> Generation:

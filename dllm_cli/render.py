@@ -351,10 +351,14 @@ def render_models(console: Console, rows: Sequence["ModelRow"]) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
-    for column in ("", "name", "status", "family", "params", "dtype", "context", "licence", "source", "path"):
+    from .catalog import human_bytes
+
+    for column in ("", "name", "status", "family", "params", "dtype", "bf16", "int8", "fits", "context",
+                   "licence", "source", "path"):
         table.add_column(column)
     for r in rows:
         table.add_row("*" if r.chosen else "", printable(r.name), r.status, r.family, r.params_human, r.dtype,
+                      human_bytes(r.memory_bf16), human_bytes(r.memory_int8), r.fits,
                       str(r.context or "-"), printable(r.licence), r.source, printable(r.path))
     console.print(table)
     for r in rows:

@@ -1,7 +1,7 @@
 """Where dllm's user files live and what the user chose: read once, at the edge, then handed down.
 
 Knows: DLLM_HOME / XDG_CONFIG_HOME, `<home>/config.json` ({"model": ..., "device": ..., "dtype":
-..., "endpoint": ..., "api_key_env": ..., "timeout": ...}), $DLLM_MODEL, $DLLM_ENDPOINT,
+..., "quant": "none" | "int8", "endpoint": ..., "api_key_env": ..., "timeout": ...}), $DLLM_MODEL, $DLLM_ENDPOINT,
 $DLLM_TIMEOUT, and the precedence of every choice: command-line option > environment > user
 config > built-in default. It holds the *name* of the variable with an API key, never a key.
 Must not: import torch, look inside a checkpoint (catalog.py does), or read the config file
@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from .errors import UsageError
 
-KNOWN_KEYS = ("model", "device", "dtype", "endpoint", "api_key_env")
+KNOWN_KEYS = ("model", "device", "dtype", "endpoint", "api_key_env", "quant")
 DEFAULT_TIMEOUT = 120.0  # seconds a remote endpoint may stay silent (read timeout)
 
 
@@ -44,6 +44,7 @@ class Settings:
     env_endpoint: str | None = None  # $DLLM_ENDPOINT
     api_key_env: str | None = None  # "api_key_env": the variable that holds the endpoint's key
     timeout: float | None = None  # $DLLM_TIMEOUT, else "timeout" in the user config
+    quant: str | None = None  # "quant" in the user config: "none" | "int8" (weight-only int8)
     extra: Mapping[str, Any] = field(default_factory=dict)  # other keys of the user config
 
     @classmethod
@@ -68,6 +69,7 @@ class Settings:
                    dtype=data.get("dtype"), env_model=env.get("DLLM_MODEL") or None,
                    endpoint=data.get("endpoint"), env_endpoint=env.get("DLLM_ENDPOINT") or None,
                    api_key_env=data.get("api_key_env"), timeout=_timeout(env, data, path),
+                   quant=data.get("quant"),
                    extra={k: v for k, v in data.items() if k not in KNOWN_KEYS + ("timeout",)})
 
     @property
@@ -97,6 +99,14 @@ class Settings:
     def device_choice(self, option: str | None) -> str:
         """--device > user config > "auto" (cuda, then mps, then cpu)."""
         return option or self.device or "auto"
+
+    def quant_choice(self, option: str | None) -> str:
+        """--quant > user config > "none"; "none" | "int8" (UsageError for anything else)."""
+        from .catalog import quant_mode
+
+        if option is not None:
+            return quant_mode(option)
+        return quant_mode(self.quant, f"{self.home / 'config.json'}: 'quant'")
 
     def dtype_choice(self, option: str | None) -> str:
         """--dtype > user config > "auto" (bfloat16 on cuda, float16 on mps, float32 on cpu)."""

@@ -430,7 +430,7 @@ def test_bench_passes_options_through_and_prints_json(monkeypatch, tmp_path):
     assert code == 0, err
     assert json.loads(out) == {"rows": [], "gen_length": 64}
     assert seen == dict(model_path=str(tmp_path), shape=None, device="auto", dtype="auto", gen_length=64,
-                        ks=(1, 3), layers=None, prompt_tokens=64, n_prompts=None)
+                        ks=(1, 3), layers=None, prompt_tokens=64, n_prompts=None, quant="none")
     code, out, _ = run(["bench", "--shape", "dream-7b", "--device", "cpu", "--dtype", "bfloat16"])
     assert code == 0 and out == "TABLE\n"
     assert (seen["model_path"], seen["shape"], seen["device"], seen["dtype"]) == (None, "dream-7b", "cpu",

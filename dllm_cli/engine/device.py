@@ -87,17 +87,21 @@ def available_memory(device: torch.device) -> int | None:
 
 
 def check_memory(n_params: int, dtype: torch.dtype, device: torch.device, where: object,
-                 memory_limit: int | None = None) -> int:
+                 memory_limit: int | None = None, nbytes: int | None = None) -> int:
     """Refuse (OutOfMemoryError) when params x bytes (x MEMORY_MARGIN) exceed the free memory;
-    returns the bytes needed."""
-    need = int(n_params * torch.empty((), dtype=dtype).element_size() * MEMORY_MARGIN)
+    returns the bytes needed. nbytes: the weights' bytes when they are not all in `dtype`
+    (--quant int8: catalog.weight_bytes)."""
+    quantised = nbytes is not None
+    weights = nbytes if nbytes is not None else n_params * torch.empty((), dtype=dtype).element_size()
+    need = int(weights * MEMORY_MARGIN)
     free = memory_limit if memory_limit is not None else available_memory(device)
     if free is not None and need > free:
         gib = 2 ** 30
+        as_what = f"with int8 weights ({dtype_name(dtype)} elsewhere)" if quantised else f"as {dtype_name(dtype)}"
+        hint = "use another --device" if quantised else "use --dtype bfloat16 or --quant int8, another --device"
         raise OutOfMemoryError(
-            f"{where}: the model needs about {need / gib:.1f} GiB as {dtype_name(dtype)} "
-            f"but {device} has {free / gib:.1f} GiB free; use --dtype bfloat16, another --device, "
-            "or a smaller model")
+            f"{where}: the model needs about {need / gib:.1f} GiB {as_what} "
+            f"but {device} has {free / gib:.1f} GiB free; {hint}, or a smaller model")
     return need
 
 

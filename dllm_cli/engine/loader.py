@@ -4,7 +4,9 @@ Knows: the weight files (safetensors single or sharded, refused `.bin` pickles),
 meta-device load (every tensor consumed, every shape checked), the memory check before any
 weight is read, the tokenizer checks (a block-diffusion checkpoint's mask id must be a special
 token of its tokenizer), and random weights of the published shapes (`dllm bench --shape`;
-`reduced(shape, layers=N)` keeps the widths and cuts the depth). What the
+`reduced(shape, layers=N)` keeps the widths and cuts the depth), and `quant="int8"`: the linears
+replaced on the meta model by engine/quant.py's Int8Linear, each weight quantised as it is read.
+What the
 folder is (layout, family, tokenizer files, template) comes from `catalog.inspect`.
 Must not: know about terminals, or run checkpoint-supplied code. Every failure a user can
 cause is a DllmError whose one-line message names the file.
@@ -30,6 +32,7 @@ from ..tokenizer import Tokenizer
 from .device import check_memory, pick_device, pick_dtype
 from .layouts import LAYOUTS, MODEL_CLASSES, DiffusionModel, ModelSpec
 from .model import Model
+from .quant import Int8Linear, prepare
 
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # recomputed buffers some exporters save
 
@@ -246,7 +249,7 @@ def build_on_meta(spec: ModelSpec, dtype: torch.dtype) -> DiffusionModel:
     model = model.to(dtype)
     for name, p in model.named_parameters():
         if _keeps_fp32(model, name):
-            _assign(model, name, p.float())
+            _assign(model, name, p, p.device, torch.float32)
     return model
 
 
@@ -278,8 +281,7 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                 raise CheckpointError(f"{path}: tensor {name!r} has shape {list(got)} but config.json "
                                       f"implies {list(want)}; the weights and config.json disagree (re-download "
                                       "the config.json and weights of the same model)")
-            want_dtype = torch.float32 if _keeps_fp32(model, name) else dtype
-            _assign(model, name, f.get(name).to(device=device, dtype=want_dtype))
+            _assign(model, name, f.get(name), device, torch.float32 if _keeps_fp32(model, name) else dtype)
             seen.add(name)
     missing = [n for n in expected if n not in seen]
     if missing:
@@ -287,23 +289,28 @@ def load_weights(model: DiffusionModel, files: list[Path], kind: str, device: to
                               f"({len(missing)} missing); download every shard of the checkpoint")
 
 
-def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
+def _assign(model: nn.Module, name: str, tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
-    module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    if isinstance(module, Int8Linear) and leaf == "weight":  # --quant int8: quantised as it arrives
+        module.load_weight(tensor.to(device=device))
+        return
+    module._parameters[leaf] = nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False)
 
 
 # ---- the public entry points -----------------------------------------------------------------
 
 def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAULT, device: str | torch.device = "cpu",
                dtype: str | torch.dtype = torch.float32, allow_pickle: bool = False,
-               memory_limit: int | None = None, tokenizer: Tokenizer | None = None) -> Model:
+               memory_limit: int | None = None, tokenizer: Tokenizer | None = None, quant: str = "none") -> Model:
     """Load a checkpoint folder ("default" or None: the embedded model; or an inspected Checkpoint).
 
     device: "cpu" | "cuda[:N]" | "mps" | "auto"; dtype: a torch dtype or its name ("auto"
     too). memory_limit (bytes) replaces the free-memory probe (tests; $DLLM_MEMORY_LIMIT).
-    tokenizer: the checkpoint's, when the caller has already read it.
+    tokenizer: the checkpoint's, when the caller has already read it. quant: "none" | "int8"
+    (weight-only int8 linears, quantised tensor by tensor while loading: engine/quant.py).
     """
+    quant = catalog.quant_mode(quant)
     ckpt = path if isinstance(path, Checkpoint) else catalog.inspect(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -312,10 +319,23 @@ def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAUL
     files, kind = weight_files(ckpt.folder, allow_pickle)
     spec = _untie_if_head_present(spec, files, kind)
     check_tokenizer(tokenizer, spec, ckpt.folder)
-    check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit)
+    nbytes = None
+    if quant == "int8" and kind == "safetensors":  # pickles: the load-dtype estimate (an upper bound)
+        nbytes = catalog.weight_bytes(catalog.tensor_shapes(files), torch.empty((), dtype=dt).element_size(),
+                                      quant, None if spec.tied else LAYOUTS[spec.layout].HEAD_NAME)
+    check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit, nbytes=nbytes)
     net = build_on_meta(spec, dt)
+    if quant == "int8":
+        prepare(net, net.layers(), _head_module(spec), dt)
     load_weights(net, files, kind, dev, dt)
     return Model(_frozen(net), tokenizer.special_tokens(), tokenizer, ckpt)
+
+
+def _head_module(spec: ModelSpec) -> str | None:
+    """The untied LM head's module name when it is quantised (catalog.QUANT_HEAD), else None."""
+    if spec.tied or not catalog.QUANT_HEAD:
+        return None
+    return LAYOUTS[spec.layout].HEAD_NAME.rpartition(".")[0]
 
 
 def _untie_if_head_present(spec: ModelSpec, files: list[Path], kind: str) -> ModelSpec:
@@ -380,19 +400,27 @@ def config_tokens(config: Mapping[str, Any]) -> SpecialTokens:
 
 def random_model(config: Mapping[str, Any], *, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, tokenizer: Tokenizer | None = None,
-                 seed: int = 0) -> Model:
+                 seed: int = 0, quant: str = "none") -> Model:
     """A model of any shape (e.g. PUBLISHED_SHAPES[...]) with random weights, built on `device`.
 
-    Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text.
+    Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text. quant "int8":
+    each linear quantised (engine/quant.py) right after its random fill.
     """
+    quant = catalog.quant_mode(quant)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     tokens = tokenizer.special_tokens() if tokenizer is not None else config_tokens(config)
-    net = build_on_meta(model_spec(config, "config"), dt).to_empty(device=dev)
+    net = build_on_meta(model_spec(config, "config"), dt)
+    if quant == "int8":  # each linear is drawn in full precision, then quantised: the same weights
+        prepare(net, net.layers(), _head_module(net.spec), dt)  # as quant="none" with this seed
+    net = net.to_empty(device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+        for name, p in list(net.named_parameters()):
+            module = net.get_submodule(name.rpartition(".")[0])
+            if isinstance(module, Int8Linear) and name.endswith(".weight"):
+                module.load_weight(torch.empty(p.shape, dtype=dt, device=dev).normal_(0.0, 0.02, generator=gen))
+            elif name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 p.fill_(1.0)
             elif name.endswith(".bias"):
                 p.zero_()

@@ -46,6 +46,7 @@ class ServeOptions:
     model: str | None = None  # checkpoint folder; None: the embedded model
     device: str = "auto"
     dtype: str = "auto"
+    quant: str = "none"  # "int8": weight-only int8 linears
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0: any free port (printed, and in the discovery file)
     api_key: str | None = None
@@ -114,7 +115,7 @@ def serve(opts: ServeOptions, ui: Ui, home: Path) -> None:
     port = sock.getsockname()[1]
     try:
         with loading(ui.err, ckpt.name) as describe:
-            backend = open_local(ckpt, opts.device, opts.dtype, tokenizer, describe)
+            backend = open_local(ckpt, opts.device, opts.dtype, tokenizer, describe, quant=opts.quant)
     except BaseException:
         sock.close()
         raise

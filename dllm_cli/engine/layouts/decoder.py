@@ -148,6 +148,8 @@ class DecoderModel(DiffusionModel):
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
+            return self.lm_head(x)
         w = self.model.embed_tokens.weight if self.spec.tied else self.lm_head.weight
         if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:
             # batch 1 on a CPU (the block loops score a few rows a step): (V, h) @ (h, t), then

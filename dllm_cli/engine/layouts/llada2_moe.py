@@ -212,6 +212,8 @@ class LLaDA2MoeModel(DiffusionModel):
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
+            return self.lm_head(x)
         w = self.model.word_embeddings.weight if self.spec.tied else self.lm_head.weight
         if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:  # as decoder.py (measured there)
             return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
