@@ -38,6 +38,7 @@ class ServerEntry:
     started: float  # time.time() when it began listening
     host: str = "127.0.0.1"
     port: int = 0
+    quant: str = "none"  # "int8": it serves weight-only int8 linears
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,9 +131,11 @@ def running(home: Path, check_health: bool = True) -> list[ServerEntry]:
     return sorted(live, key=lambda e: e.started)
 
 
-def find(home: Path, checkpoint: Path, device: str = "auto", dtype: str = "auto") -> ServerEntry | None:
+def find(home: Path, checkpoint: Path, device: str = "auto", dtype: str = "auto",
+         quant: str = "none") -> ServerEntry | None:
     """A live server for `checkpoint` (same resolved folder) on the device and dtype asked for
-    ("auto" accepts any), else None."""
+    ("auto" accepts any) and, when int8 is asked for, serving int8 weights ("none", the default,
+    accepts the server's choice), else None."""
     want = str(checkpoint.resolve())
     for entry in running(home, check_health=False):
         if entry.checkpoint != want:
@@ -140,6 +143,8 @@ def find(home: Path, checkpoint: Path, device: str = "auto", dtype: str = "auto"
         if device != "auto" and entry.device != device:
             continue
         if dtype != "auto" and entry.dtype != dtype:
+            continue
+        if quant != "none" and entry.quant != quant:
             continue
         if healthy(entry):
             return entry

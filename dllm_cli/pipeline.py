@@ -121,7 +121,7 @@ def warm(ui: Ui, ckpt: Checkpoint, opts: CodeOptions) -> Backend | None:
     from . import discovery
     from .remote import DEFAULT_KEY_ENV, open_server
 
-    entry = discovery.find(opts.home, ckpt.folder, opts.device, opts.dtype)
+    entry = discovery.find(opts.home, ckpt.folder, opts.device, opts.dtype, opts.quant)
     if entry is None:
         return None
     backend = open_server(entry, opts.api_key_env, opts.timeout)
@@ -129,7 +129,8 @@ def warm(ui: Ui, ckpt: Checkpoint, opts: CodeOptions) -> Backend | None:
         ui.say(f"dllm: the server at {entry.url} needs a key and ${opts.api_key_env or DEFAULT_KEY_ENV} is not "
                "set; loading the model here", style="yellow")
         return None
-    ui.say(f"dllm: using the warm server at {entry.url} (pid {entry.pid}); --no-server loads the model here",
+    weights = ", int8 weights" if entry.quant == "int8" else ""
+    ui.say(f"dllm: using the warm server at {entry.url} (pid {entry.pid}{weights}); --no-server loads the model here",
            style="dim")
     return backend
 

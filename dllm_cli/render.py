@@ -382,6 +382,7 @@ def render_servers(console: Console, servers: Sequence["ServerEntry"]) -> None:
     for column in ("url", "model", "device", "dtype", "key", "pid", "up", "checkpoint"):
         table.add_column(column)
     for s in servers:
-        table.add_row(s.url, printable(s.model), s.device, s.dtype, "required" if s.auth else "no", str(s.pid),
+        weights = s.dtype if s.quant == "none" else f"{s.dtype} ({s.quant} linears)"
+        table.add_row(s.url, printable(s.model), s.device, weights, "required" if s.auth else "no", str(s.pid),
                       uptime(s), printable(s.checkpoint))
     console.print(table)

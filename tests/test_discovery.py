@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from dllm_cli import discovery
 
@@ -41,10 +42,23 @@ def test_live_servers_answer_health_with_their_instance(tmp_path):
         assert discovery.find(tmp_path, ckpt, device="cuda") is None
         assert discovery.find(tmp_path, ckpt, dtype="bfloat16") is None
         assert discovery.find(tmp_path, ckpt, device="cpu", dtype="float32").url == url
+        assert discovery.find(tmp_path, ckpt, quant="int8") is None  # int8 asked: an unquantised server won't do
         assert discovery.find(tmp_path, tmp_path / "other") is None
         server.add("/health", Json(200, {"status": "ok", "instance": "someone-else"}))  # the port was reused
         assert discovery.running(tmp_path) == [] and discovery.find(tmp_path, ckpt) is None
         assert len(list(discovery.servers_dir(tmp_path).glob("*.json"))) == 1  # pid alive: kept
+
+
+def test_an_int8_server_is_found_for_int8_and_by_default(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with Replay() as server:
+        server.add("/health", Json(200, {"status": "ok", "instance": "inst-1"}))
+        discovery.register(tmp_path, replace(entry(server.url, ckpt.resolve()), quant="int8"))
+        assert discovery.find(tmp_path, ckpt, quant="int8").url == server.url
+        assert discovery.find(tmp_path, ckpt).quant == "int8"  # no --quant: the server's choice
+    old = {k: v for k, v in entry("http://127.0.0.1:1/v1", ckpt).as_dict().items() if k != "quant"}
+    assert discovery.ServerEntry.from_dict(old).quant == "none"  # a discovery file from before quant
 
 
 def test_files_of_dead_processes_and_torn_files_are_removed(tmp_path):

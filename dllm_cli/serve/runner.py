@@ -135,7 +135,7 @@ def serve(opts: ServeOptions, ui: Ui, home: Path) -> None:
     url = url_of(opts.host, port)
     entry = discovery.ServerEntry(url=url, pid=os.getpid(), checkpoint=str(ckpt.folder.resolve()), model=ckpt.name,
                                   device=device, dtype=dtype, auth=bool(opts.api_key), instance=instance,
-                                  started=time.time(), host=opts.host, port=port)
+                                  started=time.time(), host=opts.host, port=port, quant=opts.quant)
     path = discovery.register(home, entry)
     ui.say(f"dllm: serving {ckpt.name} ({dtype} on {device}) at {url} (pid {os.getpid()}; "
            f"{'key required' if opts.api_key else 'loopback only, no key'}); Ctrl-C stops", style="green")
