@@ -559,20 +559,30 @@ def safetensors_params(folder: Path) -> tuple[int | None, str | None]:
     total, dtype = 0, None
     files = sorted(folder.glob("*.safetensors"))
     for path in files:
-        try:
-            with path.open("rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(min(size, 100_000_000)))
-        except (OSError, ValueError, struct.error):
+        header = safetensors_header(path)
+        if header is None:
             return None, None
-        for name, entry in header.items():
-            if name != "__metadata__" and isinstance(entry, dict):
-                n = 1
-                for dim in entry.get("shape", []):
-                    n *= dim
-                total += n
-                dtype = dtype or SAFETENSORS_DTYPES.get(str(entry.get("dtype")))
+        for entry in header.values():
+            n = 1
+            for dim in entry.get("shape", []):
+                n *= dim
+            total += n
+            dtype = dtype or SAFETENSORS_DTYPES.get(str(entry.get("dtype")))
     return (total if files else None), dtype
+
+
+def safetensors_header(path: Path) -> dict[str, dict[str, Any]] | None:
+    """A safetensors file's tensor entries by name (its header: 8-byte length + JSON, no data
+    read), "__metadata__" left out; None when it cannot be read as one."""
+    try:
+        with path.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(min(size, 100_000_000)))
+    except (OSError, ValueError, struct.error):
+        return None
+    if not isinstance(header, dict):
+        return {}
+    return {name: entry for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)}
 
 
 # ---- int8 weights (--quant int8): what they store, in bytes ------------------------------------
@@ -631,16 +641,11 @@ def tensor_shapes(files: list[Path]) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor in safetensors files, from their headers (no data read)."""
     out: list[tuple[str, tuple[int, ...]]] = []
     for path in files:
-        try:
-            with path.open("rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(min(size, 100_000_000)))
-        except (OSError, ValueError, struct.error):
+        header = safetensors_header(path)
+        if header is None:
             raise CheckpointError(f"{path}: truncated or not a safetensors file (unreadable header); "
-                                  "re-download it") from None
-        if isinstance(header, dict):
-            out += [(name, tuple(int(d) for d in entry.get("shape", []))) for name, entry in header.items()
-                    if name != "__metadata__" and isinstance(entry, dict)]
+                                  "re-download it")
+        out += [(name, tuple(int(d) for d in entry.get("shape", []))) for name, entry in header.items()]
     return out
 
 

@@ -276,6 +276,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: ModelSpec, c
     return out.transpose(1, 2).reshape(B, t, H * d)
 
 
+def lm_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (B, t, h) @ wᵀ with w (V, h): the logits. Batch 1 on a CPU (the block loops score a few
+    rows a step): (V, h) @ (h, t), then transposed back, is the same product and 1.4-2.8x faster
+    there than F.linear for a 151936-row head with MKL (measured, docs/performance.md)."""
+    if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:
+        return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
+    return F.linear(x, w)
+
+
 def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> torch.Tensor:
     """down(silu(gate(x)) * up(x))."""
     return down(F.silu(gate(x)) * up(x))

@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError
-from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
+from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, lm_head, swiglu
 
 HEAD_NAME = "lm_head.weight"
 
@@ -150,10 +149,4 @@ class DecoderModel(DiffusionModel):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
             return self.lm_head(x)
-        w = self.model.embed_tokens.weight if self.spec.tied else self.lm_head.weight
-        if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:
-            # batch 1 on a CPU (the block loops score a few rows a step): (V, h) @ (h, t), then
-            # transposed back, is the same product and 1.4-2.8x faster there than F.linear for a
-            # 151936-row head with MKL (measured, docs/performance.md)
-            return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
-        return F.linear(x, w)
+        return lm_head(x, self.model.embed_tokens.weight if self.spec.tied else self.lm_head.weight)

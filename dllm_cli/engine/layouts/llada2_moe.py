@@ -26,12 +26,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...catalog import attention_block
 from ...errors import CheckpointError
-from .common import DiffusionModel, ForwardContext, RMSNorm, apply_rope, attend, config_int, rope_inv_freq
+from .common import DiffusionModel, ForwardContext, RMSNorm, apply_rope, attend, config_int, lm_head, rope_inv_freq
 from .moe import MoESpec, SparseMoE, SwiGLU
 
 __all__ = ["ARCHITECTURES", "FP32_TENSORS", "HEAD_NAME", "MODEL_TYPES", "LLaDA2MoeModel", "spec_from_config"]
@@ -214,7 +213,4 @@ class LLaDA2MoeModel(DiffusionModel):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
             return self.lm_head(x)
-        w = self.model.word_embeddings.weight if self.spec.tied else self.lm_head.weight
-        if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:  # as decoder.py (measured there)
-            return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
-        return F.linear(x, w)
+        return lm_head(x, self.model.word_embeddings.weight if self.spec.tied else self.lm_head.weight)
