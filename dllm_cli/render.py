@@ -196,6 +196,7 @@ class DenoiseView:
         p.edits += len(step.edited)
         p.steps, p.forwards, p.elapsed = step.index + 1, step.forwards, step.elapsed
         p.committed = sum(1 for t in step.tokens if t != self.mask_id)
+        p.gen_length = len(step.tokens)  # the canvas: a block loop may round it up to a whole block
         now = time.monotonic()
         if not step.done and now - self._last_draw < self._interval():
             return

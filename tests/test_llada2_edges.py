@@ -134,3 +134,12 @@ def test_increments_never_send_a_block_that_can_still_be_edited():
 
 def ids_of(ch):
     return ord(ch) - ord("a") + 2
+
+
+def test_the_status_line_counts_the_canvas_the_loop_writes():
+    """SDAR and LLaDA2 round the canvas up to a whole block: the status line says n/canvas, never
+    more tokens than positions."""
+    console = Console(file=io.StringIO(), width=80, force_terminal=False)
+    view = DenoiseView(console, lambda t: f"<{t}>", SpecialTokens(mask=MASK, eos=EOS), 4, mode="line")
+    view.update(DenoiseStep(0, [5, 6, 7, 8, 9, MASK], [0, 1, 2, 3, 4], [0.9] * 5, 1, 0.1, False))
+    assert "5/6 tokens" in view.progress.line()
