@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..catalog import ROUTER_NAMES  # MoE routers (Qwen3-MoE / LLaDA2 `mlp.gate`): never quantised
+from .layouts.common import lm_head  # the CPU batch-1 head product (measured: docs/performance.md)
 
 QMAX = 127  # symmetric: -127..127 (the int8 value -128 is never used)
 CHUNK_ELEMENTS = 1 << 22  # weight elements dequantised at once (4 M: 16 MB as fp32)
@@ -72,8 +73,8 @@ class Int8Linear(nn.Module):
         scale = self.scale.to(x.dtype)
         if self.out_features <= rows:
             y = F.linear(x, self.weight.to(x.dtype)) * scale
-        else:  # a large matrix (the LM head): dequantise a slice at a time
-            y = torch.cat([F.linear(x, self.weight[a:a + rows].to(x.dtype)) * scale[a:a + rows]
+        else:  # a large matrix (the LM head): dequantise a slice at a time, with the head's CPU product
+            y = torch.cat([lm_head(x, self.weight[a:a + rows].to(x.dtype)) * scale[a:a + rows]
                            for a in range(0, self.out_features, rows)], dim=-1)
         return y if self.bias is None else y + self.bias
 

@@ -277,10 +277,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: ModelSpec, c
 
 
 def lm_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (B, t, h) @ wᵀ with w (V, h): the logits. Batch 1 on a CPU (the block loops score a few
+    """x (B, t, h) @ wᵀ with w (V, h): the logits (any other x: F.linear). Batch 1 on a CPU (the block loops score a few
     rows a step): (V, h) @ (h, t), then transposed back, is the same product and 1.4-2.8x faster
     there than F.linear for a 151936-row head with MKL (measured, docs/performance.md)."""
-    if x.device.type == "cpu" and x.shape[0] == 1 and x.shape[1] > 1:
+    if x.device.type == "cpu" and x.dim() == 3 and x.shape[0] == 1 and x.shape[1] > 1:
         return torch.matmul(w, x[0].transpose(0, 1)).transpose(0, 1).contiguous()[None]
     return F.linear(x, w)
 
