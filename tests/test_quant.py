@@ -296,3 +296,17 @@ def test_the_cli_runs_the_embedded_model_with_int8(tmp_path):
     assert check["weights_bytes_q"] < 0.7 * check["weights_bytes"]
     # the trained embedded model: mean 0.004, max 0.04 at one position (docs/performance.md)
     assert check["mean_rel"] < MEAN_REL and check["max_rel"] < 0.1 and check["argmax_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 16), (2, 5, 16), (7, 16), (1, 1, 16)])
+def test_a_sliced_int8_matrix_gives_the_dequantised_product(monkeypatch, shape):
+    """A matrix larger than a slice (the LM head) is dequantised slice by slice, with the CPU's
+    batch-1 head product where it applies: the result is the dequantised weight's product for
+    every input shape (3-D batch 1 and 2, 2-D as the MoE dispatch calls experts, one row)."""
+    monkeypatch.setattr(quant, "CHUNK_ELEMENTS", 16 * 3)  # 3 rows a slice: 10 rows -> 4 slices
+    w = torch.randn(10, 16, generator=torch.Generator().manual_seed(0))
+    m = quant.Int8Linear(16, 10, False, torch.float32)
+    m.load_weight(w)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    want = torch.nn.functional.linear(x, m.weight.float() * m.scale[:, None])
+    assert m(x).shape == want.shape and torch.allclose(m(x), want, atol=1e-5)
