@@ -298,7 +298,7 @@ def test_the_cli_runs_the_embedded_model_with_int8(tmp_path):
     assert check["mean_rel"] < MEAN_REL and check["max_rel"] < 0.1 and check["argmax_agreement"] >= 0.9
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 16), (2, 5, 16), (7, 16), (1, 1, 16)])
+@pytest.mark.parametrize("shape", [(1, 5, 16), (2, 5, 16), (7, 16), (1, 16), (1, 1, 16)])
 def test_a_sliced_int8_matrix_gives_the_dequantised_product(monkeypatch, shape):
     """A matrix larger than a slice (the LM head) is dequantised slice by slice, with the CPU's
     batch-1 head product where it applies: the result is the dequantised weight's product for
