@@ -69,11 +69,14 @@ def code(opts: CodeOptions, ui: Ui, backend: Backend | None = None, cwd: Path | 
     None: `opts.endpoint`, else a warm `dllm serve` of the checkpoint, else a local load of it."""
     exact = True  # the prompt is measured with the model's own tokenizer
     if backend is None and opts.endpoint:
-        backend, ckpt, exact = open_remote(ui, opts)
-        opts = replace(opts, review=replace(opts.review, model_name=backend.name))
+        remote, ckpt, exact = open_remote(ui, opts)
+        if not exact:  # the served model's recipe is the server's: send only what was asked
+            remote.options = extension_options(opts.sampler_options)
+        backend = remote
+        opts = replace(opts, review=replace(opts.review, model_name=remote.name))
     else:
         ckpt = catalog.inspect(opts.model)
-    opts = family_defaults(opts, ckpt)
+    opts = family_defaults(opts, ckpt, served_elsewhere=not exact)
     tokenizer = Tokenizer.from_checkpoint(ckpt)
     tree = Tree.open(cwd or Path.cwd())
     regions = infill_plan(opts, tree)
@@ -135,20 +138,35 @@ def warm(ui: Ui, ckpt: Checkpoint, opts: CodeOptions) -> Backend | None:
     return backend
 
 
-def family_defaults(opts: CodeOptions, ckpt: Checkpoint) -> CodeOptions:
+def family_defaults(opts: CodeOptions, ckpt: Checkpoint, served_elsewhere: bool = False) -> CodeOptions:
     """What the checkpoint's family changes: the sampler starts from its recipe
     (config.family_sampler: block-diffusion families their own loop and block, the others
     dllm's fast mode) with the command-line options over it; a block-diffusion checkpoint is
-    asked in chat mode (its attention is causal across blocks: it cannot see a suffix)."""
+    asked in chat mode (its attention is causal across blocks: it cannot see a suffix).
+    served_elsewhere: `ckpt` only measures prompts for a remote model whose family dllm does not
+    know; the server applies the options over its own recipe (extension_options), so here they
+    only set the canvas (LLaDA2's editing option is the server's to check)."""
     cfg, infill = opts.cfg, opts.infill
     if opts.sampler_options is not None:
-        cfg = SamplerConfig.from_options(family_sampler(ckpt.family, ckpt.attention_block), **opts.sampler_options)
+        options = dict(opts.sampler_options)
+        if served_elsewhere:
+            options.pop("editing_threshold", None)
+            cfg = SamplerConfig.from_options(None, **options)
+        else:
+            cfg = SamplerConfig.from_options(family_sampler(ckpt.family, ckpt.attention_block), **options)
     if ckpt.attention_block is not None:
         if infill:
             raise UsageError(f"--infill: {ckpt.name} is a block-diffusion model (attention causal across blocks), "
                              "which cannot fill a region between code before and after it; drop --infill")
         infill = False
     return replace(opts, cfg=cfg, infill=infill)
+
+
+def extension_options(sampler_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The sampler options given on the command line, as dllm's extension object names them
+    (`dllm serve` applies them over the served family's recipe; docs/serve.md)."""
+    names = ("steps", "block_length", "threshold", "alg", "editing_threshold")
+    return {k: v for k, v in (sampler_options or {}).items() if k in names and v is not None}
 
 
 def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str, quant: str = "none") -> Backend:

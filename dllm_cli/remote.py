@@ -139,6 +139,9 @@ class RemoteBackend:
         self.context_length, self.key_env, self.available = context_length, key_env, available
         self._key = key
         self.name = model
+        # dllm's extension object as the user gave it (only those options, the served model's
+        # recipe under them: `dllm code` does not know a remote model's family); None: from cfg
+        self.options: dict[str, Any] | None = None
 
     def token_text(self, token_id: int) -> str:
         return ""
@@ -167,7 +170,10 @@ class RemoteBackend:
             body["top_p"] = cfg.top_p
         if cfg.seed is not None:
             body["seed"] = cfg.seed
-        if self.preset.extension:
+        if self.preset.extension and self.options is not None:
+            if self.options:
+                body["dllm"] = dict(self.options)
+        elif self.preset.extension:
             ext: dict[str, Any] = {"block_length": cfg.block_length or 0, "threshold": cfg.threshold or 0,
                                    "alg": cfg.alg}
             if cfg.steps is not None:

@@ -293,13 +293,13 @@ class Code:
     """pipeline.code against an endpoint, on string consoles."""
 
     def __init__(self, url, task, *paths, model="served", json_out=False, yes=False, dry_run=False,
-                 infill=None, gen_length=64, live=False, show_context=False):
+                 infill=None, gen_length=64, live=False, show_context=False, sampler_options=None):
         err = Console(file=io.StringIO(), width=100, height=20, force_terminal=live, force_interactive=live)
         out = Console(file=io.StringIO(), width=200)
         ui = Ui(err, out, live=live, can_confirm=False, json=json_out)
         opts = pipeline.CodeOptions(task=task, paths=paths, model=model, cfg=SamplerConfig.from_options(
             gen_length=gen_length), infill=infill, endpoint=url, timeout=10.0, show_context=show_context,
-            review=ReviewOptions(yes=yes, dry_run=dry_run))
+            review=ReviewOptions(yes=yes, dry_run=dry_run), sampler_options=sampler_options)
         self.code, self.error = 0, None
         try:
             pipeline.code(opts, ui)
@@ -327,6 +327,27 @@ def test_code_endpoint_chat_edit_is_applied_and_undone_through_the_same_path(rep
 
     undo(repo, state_dir=state_dir_for(repo))
     assert (repo / "src/stats.py").read_bytes() == b"def mean(xs):\r\n    return sum(xs) / len(xs)"
+
+
+def test_a_served_model_of_unknown_family_gets_only_the_options_asked(repo, embedded, server):
+    """Against a `dllm serve` whose checkpoint is not here, dllm cannot know the served family's
+    recipe (an SDAR server decodes in blocks of 4, dllm's fast mode in 32): it sends only the
+    options given, which the server applies over its own recipe, and leaves LLaDA2's editing
+    option to the server to check."""
+    server.add("/v1/models", Json(200, {"data": [{"id": "m", "owned_by": "dllm", "context_length": 4096}]}))
+    server.add("/v1/chat/completions", Sse(increment_chunks([EDIT])))
+    given = dict(gen_length=64, steps=None, block_length=None, temperature=None, threshold=None, seed=None,
+                 alg=None)
+    run = Code(server.url, "make mean handle an empty list", "src/stats.py", model=None, dry_run=True,
+               sampler_options=given)
+    assert run.code == 0, run.err
+    sent = server.posts("/v1/chat/completions")[-1].body
+    assert "dllm" not in sent and sent["max_tokens"] == 64
+    run = Code(server.url, "make mean handle an empty list", "src/stats.py", model=None, dry_run=True,
+               sampler_options={**given, "steps": 16, "threshold": 0.5, "editing_threshold": "off"})
+    assert run.code == 0, run.err
+    assert server.posts("/v1/chat/completions")[-1].body["dllm"] == {"steps": 16, "threshold": 0.5,
+                                                                     "editing_threshold": "off"}
 
 
 def test_code_endpoint_infill_sends_the_window_through_fim(repo, embedded, server):

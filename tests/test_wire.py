@@ -114,6 +114,11 @@ def test_a_block_diffusion_checkpoint_is_served_with_its_recipe_and_no_infill():
     served = wire.Served("sdar", Letters(), SpecialTokens(mask=MASK, eos=EOS), 64, 64, base=base, can_infill=False)
     cfg = wire.parse_chat({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}, served).cfg
     assert (cfg.block_loop, cfg.block_length, cfg.gen_length) == (base.block_loop, 4, 16)  # the checkpoint's block
+    for asked, words in ((8, "attends in blocks of 4"), (0, "decodes in blocks")):
+        with pytest.raises(wire.WireError) as info:
+            wire.parse_chat({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16,
+                             "dllm": {"block_length": asked}}, served)
+        assert info.value.status == 400 and words in str(info.value)
     with pytest.raises(wire.WireError) as info:
         wire.parse_completion({"prompt": "ab", "suffix": "cd"}, served)
     assert info.value.status == 400 and "cannot fill in the middle" in str(info.value)

@@ -197,6 +197,10 @@ def sampler(body: Mapping[str, Any], room: int = DEFAULT_MAX_TOKENS,
             base, gen_length=max_tokens or max(1, min(DEFAULT_MAX_TOKENS, room)), steps=_int(ext, "steps", 1, "dllm."),
             block_length=_int(ext, "block_length", 0, "dllm."), temperature=temperature,
             threshold=_number(ext, "threshold", 0.0, 1.0, "dllm."), seed=seed, alg=alg, editing_threshold=editing)
+        if base is not None and base.block_loop is not None and cfg.block_length != base.block_length:
+            raise WireError(400, f"'dllm.block_length' {cfg.block_length or 0}: this checkpoint attends in blocks of "
+                            f"{base.block_length} tokens; leave it out (or set {base.block_length})",
+                            param="dllm.block_length")
         return cfg.with_(top_p=top_p) if top_p is not None else cfg
     except DllmError as err:
         message = str(err)
