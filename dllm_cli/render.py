@@ -354,14 +354,37 @@ def render_models(console: Console, rows: Sequence["ModelRow"]) -> None:
     table = Table(box=None, pad_edge=False)
     from .catalog import human_bytes
 
-    for column in ("", "name", "status", "family", "params", "dtype", "bf16", "int8", "fits", "context",
-                   "licence", "source", "path"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row("*" if r.chosen else "", printable(r.name), r.status, r.family, r.params_human, r.dtype,
-                      human_bytes(r.memory_bf16), human_bytes(r.memory_int8), r.fits,
-                      str(r.context or "-"), printable(r.licence), r.source, printable(r.path))
+    cells = [["*" if r.chosen else "", printable(r.name), r.status, r.family, r.params_human, r.dtype,
+              human_bytes(r.memory_bf16), human_bytes(r.memory_int8), r.fits, str(r.context or "-"),
+              printable(r.licence), r.source, printable(r.path)] for r in rows]
+    names = ["", "name", "status", "family", "params", "dtype", "bf16", "int8", "fits", "context", "licence",
+             "source", "path"]
+    widths = [max([len(n), *(len(row[i]) for row in cells)]) for i, n in enumerate(names)]
+    widths[names.index("licence")] = min(widths[names.index("licence")], 14)
+    widths[-1] = min(widths[-1], 12)  # the path folds
+    dropped = []
+    for optional in ("source", "licence", "context"):  # a narrow terminal: these give way first
+        if sum(widths) + 2 * (len(widths) - 1) <= console.width:
+            break
+        i = names.index(optional)
+        dropped.append(optional)
+        del names[i], widths[i]
+        for row in cells:
+            del row[i]
+    tight = sum(widths) + 2 * (len(widths) - 1) > console.width  # still: the text columns fold too
+    for column, width in zip(names, widths):
+        if column == "path" or (tight and column in ("name", "family", "dtype")):
+            table.add_column(column, overflow="fold", min_width=min(width, 12) if tight else width)
+        elif column == "licence":
+            table.add_column(column, no_wrap=True, max_width=width, overflow="ellipsis")
+        else:  # never shrunk: what tells the rows apart
+            table.add_column(column, no_wrap=True, min_width=width)
+    for row in cells:
+        table.add_row(*row)
     console.print(table)
+    if dropped:
+        console.print(f"(a narrow terminal: {', '.join(dropped)} left out; `dllm models --json` has every field)",
+                      markup=False, highlight=False)
     for r in rows:
         if r.status != "ok" and r.error:
             console.print(f"{r.name}: {r.status}: {printable(' '.join(r.error.split()))}", markup=False,

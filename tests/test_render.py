@@ -268,3 +268,25 @@ def test_render_servers_lists_the_running_ones():
     render_servers(con, [entry])
     out = con.file.getvalue()
     assert "http://127.0.0.1:8765/v1" in out and "required" in out and "1h02m" in out and "/m/tiny" in out
+
+
+def test_the_models_table_keeps_names_whole_and_drops_optional_columns_when_narrow():
+    from dllm_cli.catalog import ModelRow
+    from dllm_cli.render import render_models
+
+    rows = [ModelRow("Stable-DiffCoder-8B-Instruct", "/home/me/models/Stable-DiffCoder-8B-Instruct", "argument",
+                     True, family="stable-diffcoder", params_human="8.3B", dtype="bfloat16", context=8192,
+                     licence="mit", memory_bf16=16_500_000_000, memory_int8=8_890_000_000, fits="int8")]
+    for width in (200, 110, 80):  # below ~75 columns Rich crops the last columns
+        console = Console(file=io.StringIO(), width=width)
+        render_models(console, rows)
+        text = console.file.getvalue()
+        assert all(len(line) <= width for line in text.splitlines())
+        assert all(header in text for header in ("name", "family", "bf16", "int8", "fits", "path"))  # none cropped
+        assert "8.3G" in text and "int8" in text
+        if width == 200:
+            assert "left out" not in text and "argument" in text and "Stable-DiffCoder-8B-Instruct" in text
+        else:
+            assert "source, licence" in text and "left out" in text
+        if width >= 110:
+            assert "Stable-DiffCoder-8B-Instruct" in text and "stable-diffcoder" in text  # names kept whole
