@@ -60,6 +60,11 @@ class ModelSpec:
     def block_causal(self) -> bool:
         return self.block_size is not None
 
+    @property
+    def rope_dim(self) -> int:
+        """The dims of a head that RoPE rotates (all of them; partial rotary: MoESpec)."""
+        return self.head_dim
+
     def param_count(self) -> int:
         """Parameters implied by the shape (what n_params will be once built)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -290,6 +295,30 @@ def swiglu(x: torch.Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> 
     return down(F.silu(gate(x)) * up(x))
 
 
+class SwiGLU(nn.Module):
+    """An `mlp` under the Qwen / Llama names, `gate_proj`, `up_proj`, `down_proj` (no biases):
+    down(silu(gate(x)) * up(x)). Dense MLPs, experts and shared experts alike."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
+
+
+def vocab_logits(x: torch.Tensor, head: nn.Module | None, embedding: torch.Tensor) -> torch.Tensor:
+    """The logits from the untied `head` (None: tied, the `embedding` matrix): an nn.Linear's
+    weight through lm_head's product; an int8 head (engine/quant.py) called as its module."""
+    if head is None:
+        return lm_head(x, embedding)
+    if isinstance(head, nn.Linear):
+        return lm_head(x, head.weight)
+    return head(x)
+
+
 class DiffusionModel(nn.Module):
     """A masked-diffusion network: `logits(ids)` returns aligned logits (index i scores token i).
 
@@ -324,7 +353,7 @@ class DiffusionModel(nn.Module):
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         """The fp32 rotary frequencies on `device` (computed once per device)."""
         if device not in self._inv_freq:
-            self._inv_freq[device] = rope_inv_freq(self.spec.head_dim, self.spec.rope_theta, device=device)
+            self._inv_freq[device] = rope_inv_freq(self.spec.rope_dim, self.spec.rope_theta, device=device)
         return self._inv_freq[device]
 
     # ---- public ------------------------------------------------------------------------

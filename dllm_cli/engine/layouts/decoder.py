@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError
-from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, lm_head, swiglu
+from .common import DiffusionModel, ModelSpec, RMSNorm, SwiGLU, attention, config_int, vocab_logits
 
 HEAD_NAME = "lm_head.weight"
 
@@ -80,20 +80,6 @@ class DecoderAttention(nn.Module):
         return attention(h, self.q_proj, self.k_proj, self.v_proj, self.o_proj, spec, ctx, layer, *norms)
 
 
-class DecoderMLP(nn.Module):
-    """`mlp.*`: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        h, i = spec.hidden_size, spec.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=False)
-        self.up_proj = nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
-
-
 MakeMLP = Callable[[ModelSpec, int], nn.Module]  # (spec, layer index) -> the layer's `mlp` module
 
 
@@ -132,7 +118,7 @@ class DecoderModel(DiffusionModel):
 
     def new_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:
         """The `mlp` of layer `layer` (dense SwiGLU here)."""
-        return DecoderMLP(spec)
+        return SwiGLU(spec.hidden_size, spec.intermediate_size)
 
     def embed_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight
@@ -147,6 +133,4 @@ class DecoderModel(DiffusionModel):
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
-            return self.lm_head(x)
-        return lm_head(x, self.model.embed_tokens.weight if self.spec.tied else self.lm_head.weight)
+        return vocab_logits(x, None if self.spec.tied else self.lm_head, self.model.embed_tokens.weight)

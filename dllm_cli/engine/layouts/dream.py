@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError
-from .common import DiffusionModel, ModelSpec, RMSNorm, attention, config_int, swiglu
+from .common import DiffusionModel, ModelSpec, RMSNorm, SwiGLU, attention, config_int
 
 HEAD_NAME = "lm_head.weight"  # the untied LM head
 MODEL_TYPES = ("dream", "qwen2")
@@ -49,28 +49,18 @@ class Qwen2Attention(nn.Module):
         self.o_proj = nn.Linear(q, h, bias=False)
 
 
-class Qwen2MLP(nn.Module):
-    def __init__(self, spec: ModelSpec):
-        super().__init__()
-        h, i = spec.hidden_size, spec.intermediate_size
-        self.gate_proj = nn.Linear(h, i, bias=False)
-        self.up_proj = nn.Linear(h, i, bias=False)
-        self.down_proj = nn.Linear(i, h, bias=False)
-
-
 class Qwen2Layer(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.self_attn = Qwen2Attention(spec)
-        self.mlp = Qwen2MLP(spec)
+        self.mlp = SwiGLU(spec.hidden_size, spec.intermediate_size)
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
 
     def forward(self, x, spec, ctx, layer):
         a = self.self_attn
         x = x + attention(self.input_layernorm(x), a.q_proj, a.k_proj, a.v_proj, a.o_proj, spec, ctx, layer)
-        m = self.mlp
-        return x + swiglu(self.post_attention_layernorm(x), m.gate_proj, m.up_proj, m.down_proj)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Qwen2Body(nn.Module):

@@ -30,8 +30,8 @@ from torch import nn
 
 from ...catalog import attention_block
 from ...errors import CheckpointError
-from .common import DiffusionModel, ForwardContext, RMSNorm, apply_rope, attend, config_int, lm_head, rope_inv_freq
-from .moe import MoESpec, SparseMoE, SwiGLU
+from .common import DiffusionModel, ForwardContext, RMSNorm, SwiGLU, apply_rope, attend, config_int, vocab_logits
+from .moe import MoESpec, SparseMoE
 
 __all__ = ["ARCHITECTURES", "FP32_TENSORS", "HEAD_NAME", "MODEL_TYPES", "LLaDA2MoeModel", "spec_from_config"]
 
@@ -192,12 +192,6 @@ class LLaDA2MoeModel(DiffusionModel):
         if not spec.tied:
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
 
-    def inv_freq(self, device: torch.device) -> torch.Tensor:
-        """Partial rotary: the frequencies of the first rotary_dim dims (θ^(-2j/rotary_dim))."""
-        if device not in self._inv_freq:
-            self._inv_freq[device] = rope_inv_freq(self.spec.rope_dim, self.spec.rope_theta, device=device)
-        return self._inv_freq[device]
-
     def embed_weight(self) -> torch.Tensor:
         return self.model.word_embeddings.weight
 
@@ -211,6 +205,4 @@ class LLaDA2MoeModel(DiffusionModel):
         return self.model.norm(x)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.spec.tied and not isinstance(self.lm_head, nn.Linear):  # int8 (engine/quant.py)
-            return self.lm_head(x)
-        return lm_head(x, self.model.word_embeddings.weight if self.spec.tied else self.lm_head.weight)
+        return vocab_logits(x, None if self.spec.tied else self.lm_head, self.model.word_embeddings.weight)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import ModelSpec, swiglu
+from .common import ModelSpec, SwiGLU
 
 ROUTERS = ("softmax", "grouped-sigmoid")
 
@@ -84,19 +84,6 @@ class MoESpec(ModelSpec):
         """The parameters one token reads: the k routed experts it chose (plus the shared expert,
         the router, attention, norms, embedding row aside, the head)."""
         return self._count(active=True)
-
-
-class SwiGLU(nn.Module):
-    """`gate_proj`, `up_proj`, `down_proj` (no biases): down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
 
 
 class Router(nn.Module):

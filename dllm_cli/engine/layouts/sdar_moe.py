@@ -20,8 +20,8 @@ from torch import nn
 
 from ...catalog import attention_block
 from ...errors import CheckpointError
-from .common import ModelSpec, config_int
-from .decoder import HEAD_NAME, DecoderMLP, DecoderModel, decoder_spec
+from .common import ModelSpec, SwiGLU, config_int
+from .decoder import HEAD_NAME, DecoderModel, decoder_spec
 from .moe import MoESpec, SparseMoE
 
 __all__ = ["ARCHITECTURES", "HEAD_NAME", "MODEL_TYPES", "SDARMoeModel", "spec_from_config"]
@@ -70,4 +70,4 @@ class SDARMoeModel(DecoderModel):
 
     def new_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:
         assert isinstance(spec, MoESpec)
-        return SparseMoE(spec) if spec.sparse_layers[layer] else DecoderMLP(spec)
+        return SparseMoE(spec) if spec.sparse_layers[layer] else SwiGLU(spec.hidden_size, spec.intermediate_size)
