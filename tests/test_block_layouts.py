@@ -22,6 +22,8 @@ from dllm_cli.errors import CheckpointError, TokenizerError, UsageError
 from oracles import raw_logits, reference
 from tiny import (
     AUTO_MAP_MARKER,
+    DROP,
+    edit_config,
     make_fast_dllm_v2_checkpoint,
     make_sdar_checkpoint,
     make_stable_diffcoder_checkpoint,
@@ -147,14 +149,6 @@ def test_mask_helper():
 
 # ---- what loading reads from the files ---------------------------------------------------------
 
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    for key in [k for k, v in changes.items() if v is None]:
-        del cfg[key]
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("layout", list(MAKERS))
 def test_layout_family_block_and_tokens_from_the_files(layout, tmp_path):
     folder = MAKERS[layout](tmp_path / "LLaDA-8B-Instruct")  # the folder name says nothing
@@ -185,7 +179,7 @@ def test_sdar_block_size_and_mask_id_in_the_training_copy(tmp_path):
     assert load_model(folder).attention_block == 4
     folder = make_sdar_checkpoint(tmp_path / "b", block_size=16)
     assert load_model(folder).attention_block == 16 == catalog.inspect(folder).attention_block
-    _edit_config(folder, block_size="big")
+    edit_config(folder, block_size="big")
     with pytest.raises(CheckpointError, match="block_size"):
         load_model(folder)
 
@@ -207,7 +201,7 @@ def test_mask_id_falls_back_to_the_published_one():
 
 def test_a_mask_id_that_is_no_special_token_is_refused(tmp_path):
     folder = make_fast_dllm_v2_checkpoint(tmp_path)
-    _edit_config(folder, mask_token_id=100)  # an ordinary BPE token
+    edit_config(folder, mask_token_id=100)  # an ordinary BPE token
     with pytest.raises(TokenizerError, match="not a special token"):
         load_model(folder)
 
@@ -215,7 +209,7 @@ def test_a_mask_id_that_is_no_special_token_is_refused(tmp_path):
 def test_stable_diffcoder_needs_its_class_name(tmp_path):
     """model_type llama is also every autoregressive Llama: the class must name the diffusion model."""
     folder = make_stable_diffcoder_checkpoint(tmp_path / "new")
-    _edit_config(folder, architectures=["LlamaForCausalLM"], auto_map=None)
+    edit_config(folder, architectures=["LlamaForCausalLM"], auto_map=DROP)
     with pytest.raises(CheckpointError, match="not a supported diffusion layout"):
         load_model(folder)
     old = make_stable_diffcoder_checkpoint(tmp_path / "old", revision="old")
@@ -230,11 +224,11 @@ def test_stable_diffcoder_needs_its_class_name(tmp_path):
     (dict(use_sliding_window=True), ["sliding-window"]),
     (dict(attention_bias=True), ["attention_bias=true"]),
     (dict(hidden_act="gelu"), ["hidden_act"]),
-    (dict(head_dim=None, num_attention_heads=3), ["do not divide"]),
+    (dict(head_dim=DROP, num_attention_heads=3), ["do not divide"]),
 ])
 def test_unsupported_configs_are_refused(tmp_path, change, words):
     folder = make_sdar_checkpoint(tmp_path)
-    _edit_config(folder, **change)
+    edit_config(folder, **change)
     with pytest.raises(CheckpointError) as info:
         load_model(folder)
     assert all(w in str(info.value) for w in words) and str(folder / "config.json") in str(info.value)

@@ -7,8 +7,6 @@ early stop; the recipes and option rules."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -19,7 +17,7 @@ from dllm_cli.errors import UsageError
 
 from oracles import NoMaskModel
 from oracles_llada2 import llada2_1_generate, llada2_generate
-from tiny import make_llada2_checkpoint
+from tiny import edit_config, make_llada2_checkpoint
 
 NEVER = -1  # an eos id no model produces: the official loops then run every block
 B = 8  # the tiny checkpoint's block (config.json block_size), so a short canvas has several blocks
@@ -28,9 +26,7 @@ B = 8  # the tiny checkpoint's block (config.json block_size), so a short canvas
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     folder = make_llada2_checkpoint(tmp_path_factory.mktemp("llada2"))
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg["block_size"] = B
-    (folder / "config.json").write_text(json.dumps(cfg))
+    edit_config(folder, block_size=B)
     m = load_model(folder)
     assert m.attention_block == B
     return m

@@ -17,7 +17,7 @@ from dllm_cli.engine.device import pick_device, pick_dtype
 from dllm_cli.engine.loader import load_model
 from dllm_cli.errors import CheckpointError, DllmError, OutOfMemoryError, TokenizerError, UsageError
 
-from tiny import AUTO_MAP_MARKER, make_dream_checkpoint, make_llada_checkpoint
+from tiny import AUTO_MAP_MARKER, DROP, edit_config, make_dream_checkpoint, make_llada_checkpoint
 
 
 def _raises(exc_type, fn, *words):
@@ -29,14 +29,6 @@ def _raises(exc_type, fn, *words):
     for word in words:
         assert str(word) in message, (word, message)
     return message
-
-
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    for key in [k for k, v in changes.items() if v is None]:
-        del cfg[key]
-    (folder / "config.json").write_text(json.dumps(cfg))
 
 
 def test_contract_attributes(dream_ckpt, llada_ckpt):
@@ -55,7 +47,7 @@ def test_contract_attributes(dream_ckpt, llada_ckpt):
 def test_layout_from_config_not_folder_name(tmp_path, dream_ckpt):
     folder = make_dream_checkpoint(tmp_path / "LLaDA-8B-Instruct")
     assert load_model(folder).spec.layout == "dream"
-    _edit_config(folder, model_type=None)  # architectures decide when model_type is absent
+    edit_config(folder, model_type=DROP)  # architectures decide when model_type is absent
     assert load_model(folder).spec.layout == "dream"
 
 
@@ -73,7 +65,7 @@ def test_tied_open_dcoder_like(dream_tied_ckpt):
 
 def test_tied_config_with_stored_head_uses_it(tmp_path):
     folder = make_dream_checkpoint(tmp_path)  # untied files...
-    _edit_config(folder, tie_word_embeddings=True)  # ...under a tied config: every tensor is used
+    edit_config(folder, tie_word_embeddings=True)  # ...under a tied config: every tensor is used
     model = load_model(folder)
     assert not model.spec.tied and hasattr(model.net, "lm_head")
 
@@ -135,20 +127,20 @@ def test_missing_and_invalid_config(tmp_path):
 
 def test_config_missing_key(tmp_path):
     folder = make_llada_checkpoint(tmp_path)
-    _edit_config(folder, n_layers=None)
+    edit_config(folder, n_layers=DROP)
     _raises(CheckpointError, lambda: load_model(folder), "config.json", "n_layers", "fix config.json")
 
 
 @pytest.mark.parametrize("key, value", [("rope_theta", "big"), ("num_key_value_heads", "2"), ("head_dim", "x")])
 def test_config_value_of_the_wrong_type(tmp_path, key, value):
     folder = make_dream_checkpoint(tmp_path)
-    _edit_config(folder, **{key: value})
+    edit_config(folder, **{key: value})
     _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "fix config.json")
 
 
 def test_unknown_model_type(tmp_path):
     folder = make_dream_checkpoint(tmp_path)
-    _edit_config(folder, model_type="mistral")
+    edit_config(folder, model_type="mistral")
     _raises(CheckpointError, lambda: load_model(folder), folder / "config.json", "'mistral'", "not a supported",
             "dream, qwen2, llada", "docs/models.md")
 
@@ -183,7 +175,7 @@ def test_truncated_shard(tmp_path):
 
 def test_shape_mismatch_names_tensor_file_and_shapes(tmp_path):
     folder = make_llada_checkpoint(tmp_path)
-    _edit_config(folder, mlp_hidden_size=96)
+    edit_config(folder, mlp_hidden_size=96)
     _raises(CheckpointError, lambda: load_model(folder), folder / "model.safetensors",
             "model.transformer.blocks.0.ff_out.weight", "[64, 128]", "[64, 96]",  # first in file order
             "re-download")

@@ -21,7 +21,15 @@ from dllm_cli.engine.loader import PUBLISHED_SHAPES, build_on_meta, load_model, 
 from dllm_cli.errors import CheckpointError
 
 from oracles import glm4moe_reference, qwen3moe_reference, raw_logits
-from tiny import AUTO_MAP_MARKER, MOE_EXPERTS, MOE_TOPK, make_llada2_checkpoint, make_sdar_moe_checkpoint
+from tiny import (
+    AUTO_MAP_MARKER,
+    DROP,
+    MOE_EXPERTS,
+    MOE_TOPK,
+    edit_config,
+    make_llada2_checkpoint,
+    make_sdar_moe_checkpoint,
+)
 
 TOL = 1e-4
 CASES = {
@@ -203,15 +211,6 @@ def test_exact_cache_windows_equal_the_full_pass(pair):
 
 # ---- what loading reads from the files -----------------------------------------------------------
 
-def _edit_config(folder, **changes):
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(changes)
-    for key in [k for k, v in changes.items() if v is _DROP]:
-        del cfg[key]
-    (folder / "config.json").write_text(json.dumps(cfg))
-
-
-_DROP = object()
 
 
 @pytest.mark.parametrize("layout", ["llada2-moe", "sdar-moe"])
@@ -244,7 +243,7 @@ def test_llada2_family_2_0_or_2_1_from_the_modeling_file(tmp_path):
     assert not (folder / AUTO_MAP_MARKER).exists()  # read as text, never imported
     (folder / "modeling_llada2_moe.py").unlink()
     assert catalog.inspect(folder).family == "llada2.0"
-    _edit_config(folder, dllm_family="llada2.1")
+    edit_config(folder, dllm_family="llada2.1")
     assert catalog.inspect(folder).family == "llada2.1"
 
 
@@ -315,8 +314,8 @@ LLADA2_REFUSED = [
         ("norm_softmax", True), ("norm_topk_prob", False), ("moe_router_enable_expert_bias", False),
         ("use_qk_norm", False), ("use_bias", True), ("using_split_qkv_in_self_attention", True),
         ("use_sliding_window", True), ("router_dtype", "bf16")]],
-    (dict(use_bias=_DROP), ["use_bias", "add \"use_bias\": false"]),
-    (dict(num_experts=_DROP), ["num_experts"]),
+    (dict(use_bias=DROP), ["use_bias", "add \"use_bias\": false"]),
+    (dict(num_experts=DROP), ["num_experts"]),
     (dict(rope_scaling={"type": "yarn", "factor": 4.0}), ["rope_scaling"]),
     (dict(n_group=3), ["n_group 3"]),  # 16 experts do not split into 3 groups
     (dict(topk_group=5), ["topk_group 5"]),  # more kept groups than groups
@@ -335,7 +334,7 @@ LLADA2_REFUSED = [
 @pytest.mark.parametrize("change, words", LLADA2_REFUSED, ids=lambda v: str(v)[:40])
 def test_llada2_configs_are_checked(tmp_path, change, words):
     folder = make_llada2_checkpoint(tmp_path)
-    _edit_config(folder, **change)
+    edit_config(folder, **change)
     with pytest.raises(CheckpointError) as info:
         load_model(folder)
     assert all(w in str(info.value) for w in words) and str(folder / "config.json") in str(info.value)
@@ -347,13 +346,13 @@ def test_llada2_configs_are_checked(tmp_path, change, words):
     (dict(shared_expert_intermediate_size=64), ["shared_expert_intermediate_size"]),
     (dict(norm_topk_prob="yes"), ["norm_topk_prob"]),
     (dict(decoder_sparse_step=0), ["decoder_sparse_step"]),
-    (dict(num_experts=_DROP), ["num_experts"]),
+    (dict(num_experts=DROP), ["num_experts"]),
     (dict(rope_scaling={"type": "yarn", "factor": 4.0}), ["rope_scaling"]),
     (dict(use_sliding_window=True), ["sliding-window"]),
 ])
 def test_sdar_moe_configs_are_checked(tmp_path, change, words):
     folder = make_sdar_moe_checkpoint(tmp_path)
-    _edit_config(folder, **change)
+    edit_config(folder, **change)
     with pytest.raises(CheckpointError) as info:
         load_model(folder)
     assert all(w in str(info.value) for w in words)
@@ -361,7 +360,7 @@ def test_sdar_moe_configs_are_checked(tmp_path, change, words):
 
 def test_the_training_layout_is_refused_with_the_reason(tmp_path):
     folder = make_llada2_checkpoint(tmp_path / "veomni")
-    _edit_config(folder, model_type="llada2_moe_veomni")
+    edit_config(folder, model_type="llada2_moe_veomni")
     with pytest.raises(CheckpointError, match="fused 3-D tensors"):
         load_model(folder)
     row = catalog.describe(catalog.Candidate("argument", folder), None)

@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 64, 2, 4, 128
 AUTO_MAP_MARKER = "AUTO_MAP_RAN"
+DROP = object()  # edit_config: remove the key
 
 DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>")
 LLADA_SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
@@ -678,3 +679,12 @@ def make_sdar_moe_checkpoint(dir, *, sharded: bool = False, dtype: str = "float3
         f.unlink()
     write_weights(folder, _random(sdar_moe_shapes(cfg), seed), dtype=dtype, sharded=sharded)
     return folder
+
+
+def edit_config(folder: Path, **changes) -> None:
+    """Rewrite `folder`'s config.json with `changes`; a value DROP removes its key."""
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(changes)
+    for key in [k for k, v in changes.items() if v is DROP]:
+        del cfg[key]
+    (folder / "config.json").write_text(json.dumps(cfg))
