@@ -119,7 +119,7 @@ def run_bench(model_path: str | None, *, shape: str | None = None, device: str |
     the first N tasks (or N synthetic prompts of `prompt_tokens` tokens for a shape). quant
     "int8": the rows time the quantised model; then the same weights are loaded unquantised and
     compared (`QuantCheck`)."""
-    from .catalog import quant_mode
+    from .footprint import quant_mode
 
     quant = quant_mode(quant)
     from .engine.device import pick_device, pick_dtype, sync

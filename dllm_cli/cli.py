@@ -261,7 +261,7 @@ def models(
 ) -> None:
     """List local checkpoints: the embedded default, $DLLM_MODEL, the user config, the folders in
     <config dir>/models, and PATHS (family, size, dtype, licence; reads no weights)."""
-    from . import catalog
+    from . import catalog, footprint
 
     ui = Ui.detect(json_out=json_out)
     settings = Settings.load()
@@ -272,7 +272,7 @@ def models(
         chosen = catalog.default_model_dir() if chosen_path is None else Path(chosen_path).expanduser()
     candidates = catalog.model_candidates(settings.models_dir, [("$DLLM_MODEL", settings.env_model or ""),
                                                                 ("config", settings.model or "")], paths or [])
-    free = catalog.available_ram()
+    free = footprint.available_ram()
     rows = [catalog.describe(c, chosen, free) for c in candidates]
     if json_out:
         ui.write_json([r.as_dict() for r in rows])

@@ -102,7 +102,7 @@ class Settings:
 
     def quant_choice(self, option: str | None) -> str:
         """--quant > user config > "none"; "none" | "int8" (UsageError for anything else)."""
-        from .catalog import quant_mode
+        from .footprint import quant_mode
 
         if option is not None:
             return quant_mode(option)

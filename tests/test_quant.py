@@ -1,7 +1,7 @@
 """int8 weight-only quantisation (engine/quant.py, `--quant int8`): every layout loads both ways
 with bounded logit drift; exactly the linears inside the layers and the untied head are int8
 (embeddings, norms, biases, routers stay in the load dtype) and the torch-free byte count
-(catalog.weight_bytes) names the same tensors and matches what is allocated; the memory check
+(footprint.weight_bytes) names the same tensors and matches what is allocated; the memory check
 uses it; bad values are one-line errors; the CLI runs the embedded model with --quant int8; the
 exact block KV cache still gives the full-recompute tokens."""
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from dllm_cli import catalog
+from dllm_cli import catalog, footprint
 from dllm_cli.config import family_sampler
 from dllm_cli.engine import quant
 from dllm_cli.engine.layouts import LAYOUTS
@@ -111,8 +111,8 @@ def test_exactly_the_layer_linears_and_the_untied_head_are_int8(folders, layout)
     q = load_model(folders[layout], quant="int8")
     files, _ = weight_files(folders[layout])
     shapes = catalog.tensor_shapes(files)
-    head = catalog.HEAD_NAMES[q.spec.layout]
-    expected = {name[:-len(".weight")] for name, shape in shapes if catalog.is_quantised(name, shape, head)}
+    head = footprint.HEAD_NAMES[q.spec.layout]
+    expected = {name[:-len(".weight")] for name, shape in shapes if footprint.is_quantised(name, shape, head)}
     modules = quant.quantised_modules(q.net)
     assert set(modules) == expected  # the engine's module rule = catalog's name rule
     if layout in ("llada2-moe", "sdar-moe"):  # every expert's three linears; never the router (mlp.gate)
@@ -138,7 +138,7 @@ def test_exactly_the_layer_linears_and_the_untied_head_are_int8(folders, layout)
 
 
 def test_the_head_tables_agree():
-    assert catalog.HEAD_NAMES == {name: module.HEAD_NAME for name, module in LAYOUTS.items()}
+    assert footprint.HEAD_NAMES == {name: module.HEAD_NAME for name, module in LAYOUTS.items()}
 
 
 def test_quantise_rows_is_per_output_row_and_symmetric():
@@ -181,7 +181,7 @@ def test_routers_and_non_layer_linears_stay_unquantised():
     expert = net.layers[0]["mlp"].experts[1]
     assert torch.allclose(expert.down_proj(expert.gate_proj(x)), before, rtol=0.05, atol=0.02)
     shapes = [(f"{n}.weight", tuple(m.weight.shape)) for n, m in Net().named_modules() if isinstance(m, nn.Linear)]
-    assert {n[:-7] for n, s in shapes if catalog.is_quantised(n, s, "lm_head.weight")} == set(names)
+    assert {n[:-7] for n, s in shapes if footprint.is_quantised(n, s, "lm_head.weight")} == set(names)
 
 
 def test_the_byte_count_matches_what_is_allocated_and_int8_is_smaller(folders):
@@ -190,31 +190,31 @@ def test_the_byte_count_matches_what_is_allocated_and_int8_is_smaller(folders):
         shapes = catalog.tensor_shapes(files)
         q = load_model(folders[layout], quant="int8")
         head = None if q.spec.tied else LAYOUTS[q.spec.layout].HEAD_NAME
-        fp32 = catalog.weight_bytes(shapes, 4)
-        int8 = catalog.weight_bytes(shapes, 4, "int8", head)
+        fp32 = footprint.weight_bytes(shapes, 4)
+        int8 = footprint.weight_bytes(shapes, 4, "int8", head)
         assert int8 == quant.storage_bytes(q.net)  # parameters + scales, exactly
         assert fp32 == quant.storage_bytes(load_model(folders[layout]).net)
-        assert catalog.weight_bytes(shapes, 2, "int8", head) < catalog.weight_bytes(shapes, 2) < fp32
+        assert footprint.weight_bytes(shapes, 2, "int8", head) < footprint.weight_bytes(shapes, 2) < fp32
 
 
 def test_weight_bytes_is_pure_and_counts_scales():
     shapes = [("model.embed_tokens.weight", (100, 8)), ("model.layers.0.mlp.up_proj.weight", (32, 8)),
               ("model.layers.0.mlp.gate.weight", (4, 8)), ("model.layers.0.input_layernorm.weight", (8,)),
               ("model.layers.0.self_attn.q_proj.bias", (8,)), ("lm_head.weight", (100, 8))]
-    assert catalog.weight_bytes(shapes, 2) == 2 * (800 + 256 + 32 + 8 + 8 + 800)
-    head_q = 800 + 4 * 100 if catalog.QUANT_HEAD else 2 * 800
+    assert footprint.weight_bytes(shapes, 2) == 2 * (800 + 256 + 32 + 8 + 8 + 800)
+    head_q = 800 + 4 * 100 if footprint.QUANT_HEAD else 2 * 800
     want = 2 * 800 + (256 + 4 * 32) + 2 * 32 + 2 * 16 + head_q  # embedding, up_proj + scales, router, norm+bias
-    assert catalog.weight_bytes(shapes, 2, "int8", "lm_head.weight") == want
-    assert catalog.fits(100, 60, 90) == "int8" and catalog.fits(100, 60, 200) == "bf16"
-    assert catalog.fits(100, 60, 50) == "no" and catalog.fits(100, 60, None) == "-"
+    assert footprint.weight_bytes(shapes, 2, "int8", "lm_head.weight") == want
+    assert footprint.fits(100, 60, 90) == "int8" and footprint.fits(100, 60, 200) == "bf16"
+    assert footprint.fits(100, 60, 50) == "no" and footprint.fits(100, 60, None) == "-"
     from dllm_cli.engine.device import MEMORY_MARGIN
-    assert catalog.MEMORY_MARGIN == MEMORY_MARGIN
+    assert footprint.MEMORY_MARGIN == MEMORY_MARGIN
 
 
 def test_the_memory_check_counts_int8(folders):
     folder = folders["sdar"]
     shapes = catalog.tensor_shapes(weight_files(folder)[0])
-    need_q = catalog.weight_bytes(shapes, 4, "int8", "lm_head.weight") * 1.05
+    need_q = footprint.weight_bytes(shapes, 4, "int8", "lm_head.weight") * 1.05
     limit = int(need_q) + 1000  # enough for int8, not for fp32
     with pytest.raises(OutOfMemoryError, match="--quant int8"):
         load_model(folder, memory_limit=limit)

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from ..errors import OutOfMemoryError, UsageError
+from ..footprint import MEMORY_MARGIN  # weights x 1.05: activations, allocator slack
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-MEMORY_MARGIN = 1.05  # weights x 1.05: activations and allocator slack on top of the parameters
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -90,7 +90,7 @@ def check_memory(n_params: int, dtype: torch.dtype, device: torch.device, where:
                  memory_limit: int | None = None, nbytes: int | None = None) -> int:
     """Refuse (OutOfMemoryError) when params x bytes (x MEMORY_MARGIN) exceed the free memory;
     returns the bytes needed. nbytes: the weights' bytes when they are not all in `dtype`
-    (--quant int8: catalog.weight_bytes)."""
+    (--quant int8: footprint.weight_bytes)."""
     quantised = nbytes is not None
     weights = nbytes if nbytes is not None else n_params * torch.empty((), dtype=dtype).element_size()
     need = int(weights * MEMORY_MARGIN)

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from .. import catalog
+from .. import catalog, footprint
 from ..catalog import Checkpoint
 from ..errors import CheckpointError, TokenizerError, UsageError
 from ..events import SpecialTokens
@@ -310,7 +310,7 @@ def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAUL
     tokenizer: the checkpoint's, when the caller has already read it. quant: "none" | "int8"
     (weight-only int8 linears, quantised tensor by tensor while loading: engine/quant.py).
     """
-    quant = catalog.quant_mode(quant)
+    quant = footprint.quant_mode(quant)
     ckpt = path if isinstance(path, Checkpoint) else catalog.inspect(path)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
@@ -321,7 +321,7 @@ def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAUL
     check_tokenizer(tokenizer, spec, ckpt.folder)
     nbytes = None
     if quant == "int8" and kind == "safetensors":  # pickles: the load-dtype estimate (an upper bound)
-        nbytes = catalog.weight_bytes(catalog.tensor_shapes(files), torch.empty((), dtype=dt).element_size(),
+        nbytes = footprint.weight_bytes(catalog.tensor_shapes(files), torch.empty((), dtype=dt).element_size(),
                                       quant, None if spec.tied else LAYOUTS[spec.layout].HEAD_NAME)
     check_memory(spec.param_count(), dt, dev, ckpt.folder, memory_limit, nbytes=nbytes)
     net = build_on_meta(spec, dt)
@@ -332,8 +332,8 @@ def load_model(path: str | os.PathLike[str] | Checkpoint | None = catalog.DEFAUL
 
 
 def _head_module(spec: ModelSpec) -> str | None:
-    """The untied LM head's module name when it is quantised (catalog.QUANT_HEAD), else None."""
-    if spec.tied or not catalog.QUANT_HEAD:
+    """The untied LM head's module name when it is quantised (footprint.QUANT_HEAD), else None."""
+    if spec.tied or not footprint.QUANT_HEAD:
         return None
     return LAYOUTS[spec.layout].HEAD_NAME.rpartition(".")[0]
 
@@ -406,7 +406,7 @@ def random_model(config: Mapping[str, Any], *, device: str | torch.device = "cpu
     Weights ~ N(0, 0.02), norms 1, biases 0: for speed measurements, not for text. quant "int8":
     each linear quantised (engine/quant.py) right after its random fill.
     """
-    quant = catalog.quant_mode(quant)
+    quant = footprint.quant_mode(quant)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     tokens = tokenizer.special_tokens() if tokenizer is not None else config_tokens(config)

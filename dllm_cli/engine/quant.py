@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..catalog import ROUTER_NAMES  # MoE routers (Qwen3-MoE / LLaDA2 `mlp.gate`): never quantised
+from ..footprint import is_router  # MoE routers (Qwen3-MoE / LLaDA2 `mlp.gate`): never quantised
 from .layouts.common import lm_head  # the CPU batch-1 head product (measured: docs/performance.md)
 
 QMAX = 127  # symmetric: -127..127 (the int8 value -128 is never used)
@@ -91,17 +91,12 @@ def targets(net: nn.Module, layers: Iterable[nn.Module], head: str | None) -> It
         if id(block) not in blocks:
             continue
         for name, module in block.named_modules():
-            if isinstance(module, nn.Linear) and not _is_router(name):
+            if isinstance(module, nn.Linear) and not is_router(name.rpartition(".")[2]):
                 yield f"{prefix}.{name}", module
     if head is not None:
         module = net.get_submodule(head) if _has(net, head) else None
         if isinstance(module, nn.Linear):
             yield head, module
-
-
-def _is_router(name: str) -> bool:
-    leaf = name.rpartition(".")[2]
-    return leaf in ROUTER_NAMES or "router" in leaf
 
 
 def _has(net: nn.Module, name: str) -> bool:
