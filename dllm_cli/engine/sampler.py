@@ -20,7 +20,7 @@ never the prompt's or an earlier block's), as published, over the exact block KV
 full recompute, `cache="none"`: the same tokens). Its phases are `block_plan` (canvas and
 blocks: how the prompt meets the first block), `_BlockRun.block_logits` / `next_token_logits`
 (the forwards), `*_propose` (tokens and confidences), `*_select` / `llada2_edits` (which
-positions to write) and `_BlockRun.commit` / `llada2_commit` (the event).
+positions to write) and `_BlockRun.commit` (the event).
 
 Must not: import rich/typer/git, decode text, or know which checkpoint layout the model has.
 Sources: ML-GSAI/LLaDA generate.py, DreamLM/Dream generation_utils.py, NVlabs/Fast-dLLM,
@@ -698,27 +698,41 @@ class _BlockRun:
         """How many of [bs, be) are masked, from the host copy (prompt positions never are)."""
         return self.tokens[max(bs, self.P) - self.P:max(be, self.P) - self.P].count(self.mask)
 
-    def commit(self, bs: int, accept: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor) -> DenoiseStep:
-        """Write x0 where accept (rows of the block at bs), then early stop; one host sync."""
+    def commit(self, bs: int, accept: torch.Tensor, x0: torch.Tensor, prob: torch.Tensor,
+               edit: torch.Tensor | None = None) -> DenoiseStep:
+        """Write x0 where accept (a reveal) or `edit` (a revision) in the rows of the block at bs;
+        one host sync. The llada2 loop passes `edit` (zeros without editing): its block can still
+        change until it ends, so there is no early stop inside it and the step is not `done`
+        (block_end decides both); the other loops stop early after any step."""
         n = accept.numel()
-        self.x[0, bs:bs + n] = torch.where(accept, x0, self.x[0, bs:bs + n])  # no boolean indexing: no sync
-        flags, toks, ps = torch.stack([accept.double(), x0.double(), prob.double()]).tolist()
-        revealed, probs = [], []
-        for j, (f, t, p) in enumerate(zip(flags, toks, ps)):
-            if f:
+        write = accept if edit is None else accept | edit
+        self.x[0, bs:bs + n] = torch.where(write, x0, self.x[0, bs:bs + n])  # no boolean indexing: no sync
+        rows = [accept, x0, prob] if edit is None else [accept, x0, prob, edit]
+        cols = torch.stack([r.double() for r in rows]).tolist()
+        edits = cols[3] if edit is not None else [0.0] * n
+        revealed: list[int] = []
+        edited: list[int] = []
+        probs: list[float] = []
+        edit_probs: list[float] = []
+        for j, (f, t, p, e) in enumerate(zip(cols[0], cols[1], cols[2], edits)):
+            if f or e:
                 self.tokens[bs + j - self.P] = int(t)
-                revealed.append(bs + j - self.P)
-                probs.append(p)
-        return self.event(revealed, probs)
+                (revealed if f else edited).append(bs + j - self.P)
+                (probs if f else edit_probs).append(p)
+        return self.event(revealed, probs, edited, edit_probs, revisable=edit is not None)
 
-    def event(self, revealed: list[int], probs: list[float]) -> DenoiseStep:
-        fill = _early_stop_fill(self.tokens, self.mask, self.model.tokens.stops) if self.cfg.early_stop else []
+    def event(self, revealed: list[int], probs: list[float], edited: list[int] | None = None,
+              edit_probs: list[float] | None = None, revisable: bool = False) -> DenoiseStep:
+        fill = []
+        if self.cfg.early_stop and not revisable:
+            fill = _early_stop_fill(self.tokens, self.mask, self.model.tokens.stops)
         for pos in fill:
             self.tokens[pos] = self.model.tokens.eos
         revealed, probs = _merge(revealed, probs, fill)
-        done = self.mask not in self.tokens
+        done = not revisable and self.mask not in self.tokens
         step = DenoiseStep(self.index, list(self.tokens), revealed, probs, self.forwards,
-                           time.perf_counter() - self.start, done)
+                           time.perf_counter() - self.start, done, edited=edited or [],
+                           edit_confidences=edit_probs or [])
         self.index += 1
         return step
 
@@ -826,7 +840,7 @@ class _BlockRun:
             edit = torch.zeros_like(masked)
             if cfg.editing_threshold is not None:
                 edit = llada2_edits(x0, prob, self.x[0, bs:be], ~masked & not_prompt, cfg.editing_threshold)
-            step = self.llada2_commit(bs, accept, edit, x0, prob)
+            step = self.commit(bs, accept, x0, prob, edit=edit)
             filled = self.masks_left(bs, be) == 0
             # the block's last step: filled without editing; with it, a step that changed nothing
             # or the last of the post steps (the next one would not run)
@@ -836,27 +850,6 @@ class _BlockRun:
             yield step
             if end:
                 return
-
-    def llada2_commit(self, bs: int, accept: torch.Tensor, edit: torch.Tensor, x0: torch.Tensor,
-                      prob: torch.Tensor) -> DenoiseStep:
-        """Write x0 where accept (a reveal) or edit (a revision); one host sync; no early stop
-        inside a block (LLaDA2 checks for a stop token when a block is finished)."""
-        n = accept.numel()
-        self.x[0, bs:bs + n] = torch.where(accept | edit, x0, self.x[0, bs:bs + n])
-        flags, edits, toks, ps = torch.stack([accept.double(), edit.double(), x0.double(), prob.double()]).tolist()
-        revealed: list[int] = []
-        edited: list[int] = []
-        probs: list[float] = []
-        edit_probs: list[float] = []
-        for j, (f, e, t, p) in enumerate(zip(flags, edits, toks, ps)):
-            if f or e:
-                self.tokens[bs + j - self.P] = int(t)
-                (revealed if f else edited).append(bs + j - self.P)
-                (probs if f else edit_probs).append(p)
-        step = DenoiseStep(self.index, list(self.tokens), revealed, probs, self.forwards,
-                           time.perf_counter() - self.start, False, edited=edited, edit_confidences=edit_probs)
-        self.index += 1
-        return step
 
     def block_end(self, step: DenoiseStep, last_block: bool) -> DenoiseStep:
         """The finished block's last step: `done` when it is the last block, or when a stop token
