@@ -165,8 +165,9 @@ def family_defaults(opts: CodeOptions, ckpt: Checkpoint, served_elsewhere: bool 
 def extension_options(sampler_options: dict[str, Any] | None) -> dict[str, Any]:
     """The sampler options given on the command line, as dllm's extension object names them
     (`dllm serve` applies them over the served family's recipe; docs/serve.md)."""
-    names = ("steps", "block_length", "threshold", "alg", "editing_threshold")
-    return {k: v for k, v in (sampler_options or {}).items() if k in names and v is not None}
+    from .serve.wire import EXTENSION_KEYS
+
+    return {k: v for k, v in (sampler_options or {}).items() if k in EXTENSION_KEYS and v is not None}
 
 
 def load(ui: Ui, ckpt: Checkpoint, tokenizer: Tokenizer, device: str, dtype: str, quant: str = "none") -> Backend:

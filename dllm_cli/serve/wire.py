@@ -31,6 +31,7 @@ MASK_GLYPH = "░"  # a still-masked position in a diffusing draft
 DEFAULT_MAX_TOKENS = SamplerConfig().gen_length
 MAX_STOPS = 4
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# The sampler options a request's "dllm" object carries (`dllm code` sends those given: pipeline).
 EXTENSION_KEYS = ("steps", "block_length", "threshold", "alg", "editing_threshold")
 # The sampler's messages name command-line options; a request names fields.
 _OPTION_FIELDS = (("--editing-threshold", "dllm.editing_threshold"),  # before --threshold, which it contains
